@@ -1,0 +1,84 @@
+"""Diagnostics, PolicyError, and the caret renderer that prints them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from .source import Location, Source
+
+MAX_ERRORS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    code: str
+    message: str
+    location: Location | None
+    severity: str = "error"
+    hint: str | None = None
+
+    @property
+    def file(self) -> str | None:
+        return self.location.file if self.location else None
+
+    @property
+    def line(self) -> int | None:
+        return self.location.line if self.location else None
+
+    @property
+    def column(self) -> int | None:
+        return self.location.column if self.location else None
+
+    def sort_key(self) -> tuple:
+        loc = self.location
+        return (loc.file, loc.line, loc.column) if loc else ("", 0, 0)
+
+    def render(self, sources: Mapping[str, Source] | None = None) -> str:
+        head = f"{self.severity}[{self.code}]: {self.message}"
+        loc = self.location
+        if loc is None:
+            return head
+        out = [f"{loc}: {head}"]
+        source = (sources or {}).get(loc.file)
+        text = source.line_text(loc.line) if source else ""
+        if text:
+            width = max(1, (loc.end_column or loc.column + 1) - loc.column)
+            gutter = " " * len(str(loc.line))
+            out.append(f"  {loc.line} | {text}")
+            out.append(f"  {gutter} | {' ' * (loc.column - 1)}{'^' * width}")
+        if self.hint:
+            out.append(f"  hint: {self.hint}")
+        return "\n".join(out)
+
+    def to_dict(self) -> dict:
+        return {
+            "code": self.code, "message": self.message, "severity": self.severity,
+            "file": self.file, "line": self.line, "column": self.column, "hint": self.hint,
+        }
+
+
+def render_all(diagnostics: Iterable[Diagnostic], sources: Mapping[str, Source] | None = None) -> str:
+    """Every diagnostic sorted by position, then a one-line summary."""
+    diags = sorted(diagnostics, key=Diagnostic.sort_key)
+    errors = sum(d.severity == "error" for d in diags)
+    warnings = len(diags) - errors
+    body = [d.render(sources) for d in diags]
+    body.append(f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}")
+    return "\n".join(body)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class PolicyError(Exception):
+    """A policy failed to load; `.diagnostics` holds every error and warning."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic], sources: Mapping[str, Source] | None = None):
+        self.diagnostics = tuple(sorted(diagnostics, key=Diagnostic.sort_key))
+        self.sources = dict(sources or {})
+        super().__init__(render_all(self.diagnostics, self.sources))
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity == "error")

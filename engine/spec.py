@@ -1,0 +1,158 @@
+"""What a compiled policy hands the gateway: providers, keys, targets, limits, cache and retry settings.
+
+These are plain frozen values. The serving side imports this module, never the compiler.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_COOLDOWN = 30.0
+DEFAULT_FAILURES = 5
+DEFAULT_DEADLINE = 300.0
+DEFAULT_RETRY_CODES = frozenset({"429", "5xx", "timeout", "connect"})
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input: float   # USD per 1M input tokens
+    output: float  # USD per 1M output tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    name: str
+    format: str = "openai"                 # openai | anthropic | echo
+    url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    cooldown: float = DEFAULT_COOLDOWN
+    failures: int = DEFAULT_FAILURES
+    prices: tuple[tuple[str, Price], ...] = ()
+
+    def price(self, model: str) -> Price | None:
+        for name, price in self.prices:
+            if name == model:
+                return price
+        return None
+
+    def client_identity(self) -> tuple:
+        """What a pooled upstream client depends on; a change means a new client."""
+        return (self.format, self.url, self.api_key)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    name: str
+    secret: str | None = field(default=None, repr=False)
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Single:
+    provider: str
+    model: str | None = None   # None: the model as requested
+
+    def to_dict(self, by: dict | None = None):
+        return f"{self.provider}/{self.model}" if self.model is not None else self.provider
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    members: tuple["Target", ...]
+
+    def to_dict(self, by: dict | None = None):
+        return {"fallback": [m.to_dict(by) for m in self.members]}
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    weights: tuple[float, ...]
+    members: tuple["Target", ...]
+    sticky: bool = False   # `by ...` was written: the values are in Decision.route_by[id(self)]
+    node_id: int = 0       # stable index of this split inside its policy
+
+    def to_dict(self, by: dict | None = None):
+        out = {"split": [{"weight": w, "target": m.to_dict(by)} for w, m in zip(self.weights, self.members)]}
+        if self.sticky:
+            out["by"] = list((by or {}).get(self.node_id, ()))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Fastest:
+    members: tuple["Target", ...]
+
+    def to_dict(self, by: dict | None = None):
+        return {"fastest": [m.to_dict(by) for m in self.members]}
+
+
+Target = Union[Single, Fallback, Split, Fastest]
+
+
+def target_leaves(target: Target):
+    """Every Single inside a target tree, in order."""
+    if isinstance(target, Single):
+        yield target
+    else:
+        for member in target.members:
+            yield from target_leaves(member)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    id: str                     # stable across reloads: "rule#index"
+    rule: str
+    kind: str                   # requests | tokens | cost
+    amount: float
+    window: int                 # seconds
+    by: tuple[str, ...] = ()    # the `by` expressions as written, for display
+    else_route: Target | None = None
+
+    def to_dict(self, values: tuple = ()) -> dict:
+        out = {"id": self.id, "rule": self.rule, "kind": self.kind, "amount": self.amount,
+               "window": self.window, "by": list(self.by), "values": list(values)}
+        out["else"] = self.else_route.to_dict() if self.else_route is not None else None
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSpec:
+    rule: str
+    ttl: float | None            # None: `cache off`
+    by: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySpec:
+    attempts: int                      # retries after the first attempt, 1..5
+    backoff: str = "exponential"       # constant | linear | exponential
+    delay: float = 0.1
+    max_delay: float = 5.0
+    jitter: bool = False
+    on: frozenset[str] = DEFAULT_RETRY_CODES
+
+    def delay_for(self, k: int) -> float:
+        """Delay before retry k (1-based), capped, before jitter."""
+        if self.backoff == "constant":
+            d = self.delay
+        elif self.backoff == "linear":
+            d = self.delay * k
+        else:
+            d = self.delay * (2 ** (k - 1))
+        return min(d, self.max_delay)
+
+    def retries_on(self, status: int | None, kind: str) -> bool:
+        """kind: 'status', 'timeout' or 'connect'."""
+        if kind != "status":
+            return kind in self.on
+        return str(status) in self.on or f"{status // 100}xx" in self.on
+
+    def to_dict(self) -> dict:
+        return {"attempts": self.attempts, "backoff": self.backoff, "delay": self.delay,
+                "max": self.max_delay, "jitter": self.jitter, "on": sorted(self.on)}
