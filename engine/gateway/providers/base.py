@@ -1,0 +1,275 @@
+"""What every upstream provider offers: the Provider interface, its answers, its one error type, and the shared HTTP plumbing."""
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+
+from ...spec import ProviderSpec
+
+DONE = b"data: [DONE]\n\n"
+_KINDS = frozenset({"status", "timeout", "connect", "stream", "unsupported"})
+_ERROR_BODY_LIMIT = 300   # an HTML error page would otherwise end up whole in the message
+
+
+class ProviderError(Exception):
+    """An upstream call that did not produce an answer; the gateway maps it to a client error or a retry."""
+
+    def __init__(self, status: int, message: str, *, kind: str = "status",
+                 retry_after: float | None = None, provider: str = "", upstream_status: int | None = None):
+        if kind not in _KINDS:
+            raise ValueError(f"unknown provider error kind '{kind}'")
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.retry_after = retry_after
+        self.provider = provider
+        self.upstream_status = upstream_status
+
+    @property
+    def retryable(self) -> bool:
+        """A default for callers without a retry policy: transient failures only."""
+        if self.kind in ("timeout", "connect"):
+            return True
+        return self.kind == "status" and (self.status == 429 or self.status >= 500)
+
+    def __repr__(self) -> str:
+        return f"ProviderError({self.status}, {self.message!r}, kind={self.kind!r})"
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    body: bytes
+    _parsed: dict | None = field(default=None, repr=False, compare=False)
+
+    def json(self) -> dict:
+        if self._parsed is None:
+            self._parsed = orjson.loads(self.body)
+        return self._parsed
+
+    def usage(self) -> dict | None:
+        usage = self.json().get("usage")
+        return usage if isinstance(usage, dict) else None
+
+
+class UpstreamStream:
+    """Complete OpenAI SSE events, one per iteration, ending with `data: [DONE]`."""
+
+    __slots__ = ("_events", "_release", "_closed")
+
+    def __init__(self, events: AsyncIterator[bytes], release: Callable[[], None] | None = None):
+        self._events = events
+        self._release = release
+        self._closed = False
+
+    def __aiter__(self):
+        return self._events
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        # A generator never started skips its `finally`, so the connection is released here too.
+        if self._release is not None:
+            self._release()
+
+
+class Provider(ABC):
+    def __init__(self, spec: ProviderSpec):
+        self.spec = spec
+
+    @abstractmethod
+    async def chat(self, body: dict, model: str, timeout: float) -> UpstreamResponse: ...
+
+    @abstractmethod
+    async def chat_stream(self, body: dict, model: str, timeout: float) -> UpstreamStream: ...
+
+    @abstractmethod
+    async def embeddings(self, body: dict, model: str, timeout: float) -> UpstreamResponse: ...
+
+    async def models(self) -> list[str]:
+        return []
+
+    async def close(self) -> None:
+        return None
+
+    def error(self, status: int, message: str, **kw) -> ProviderError:
+        return ProviderError(status, self.redact(message), provider=self.spec.name, **kw)
+
+    def redact(self, text: str) -> str:
+        # Some servers echo the presented key in their 401 message; it must not reach clients or logs.
+        key = self.spec.api_key
+        return text.replace(key, "[redacted]") if key else text
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header; an HTTP-date is ignored."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return max(seconds, 0.0) if seconds == seconds else None
+
+
+def error_message(body: bytes, reason: str) -> str:
+    """The upstream's own message from an OpenAI or Anthropic error body, else a short excerpt."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str) and err:
+            return err
+        if data.get("message"):
+            return str(data["message"])
+        if isinstance(data.get("detail"), str):
+            return data["detail"]
+    text = body.decode("utf-8", "replace").strip()
+    return text[:_ERROR_BODY_LIMIT] if text else reason
+
+
+class HttpProvider(Provider):
+    """A provider over HTTP: one pooled aiohttp session, created inside the running event loop."""
+
+    def __init__(self, spec: ProviderSpec, base_url: str, headers: dict[str, str]):
+        super().__init__(spec)
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"content-type": "application/json", "accept": "application/json", **headers}
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        # A session is bound to its loop; a provider reused from another loop (tests) gets a fresh one.
+        if self._session is None or self._loop is not loop or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=30, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False,
+                                                  timeout=aiohttp.ClientTimeout(total=None))
+            self._loop = loop
+        return self._session
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    async def post(self, path: str, payload: dict, timeout: float, *, stream: bool = False):
+        """POST and wait for a 2xx answer: its bytes, or for a stream the open response."""
+        url = self.base_url + path
+        data = orjson.dumps(payload)
+        # For a stream, sock_read bounds the silence between two reads once the headers are in.
+        per_read = aiohttp.ClientTimeout(total=None, sock_read=timeout if stream else None)
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await self.session().post(url, data=data, headers=self.headers,
+                                                 allow_redirects=False, timeout=per_read)
+                if resp.status >= 300:
+                    body = await resp.read()
+                    resp.release()
+                    raise self.status_error(resp.status, body, resp.headers.get("retry-after"),
+                                            resp.reason or "")
+                if stream:
+                    return resp
+                return await resp.read()
+        except ProviderError:
+            raise
+        except TimeoutError:
+            raise self.error(504, f"upstream '{self.spec.name}' did not answer within {timeout:g}s",
+                             kind="timeout") from None
+        except aiohttp.ClientConnectorError as exc:
+            reason = exc.os_error.strerror or type(exc.os_error).__name__
+            raise self.error(502, f"cannot connect to upstream '{self.spec.name}': {reason}",
+                             kind="connect") from None
+        except aiohttp.ClientError as exc:
+            raise self.error(502, f"upstream '{self.spec.name}' closed the connection before answering "
+                                  f"({type(exc).__name__})", kind="connect") from None
+
+    async def models(self) -> list[str]:
+        data = await self.get_json("/models", min(self.spec.timeout, 10.0))
+        items = data.get("data") if data else None
+        if not isinstance(items, list):
+            return []
+        return [m["id"] for m in items if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+    async def get_json(self, path: str, timeout: float) -> dict | None:
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.session().get(self.base_url + path, headers=self.headers) as resp:
+                    if resp.status != 200:
+                        return None
+                    data = orjson.loads(await resp.read())
+        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def status_error(self, status: int, body: bytes, retry_after: str | None, reason: str) -> ProviderError:
+        message = error_message(body, reason)
+        return self.error(status, f"upstream '{self.spec.name}' answered {status}: {message}",
+                          retry_after=parse_retry_after(retry_after), upstream_status=status)
+
+    def parse_answer(self, body: bytes) -> dict:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise self.error(502, f"upstream '{self.spec.name}' answered 200 with a body that is not a "
+                                  f"JSON object", upstream_status=200)
+        return data
+
+    async def sse_data(self, resp: aiohttp.ClientResponse, timeout: float) -> AsyncIterator[bytes]:
+        """The `data` payload of each SSE event of a response; comment-only events are skipped."""
+        buf = b""
+        finished = False
+        try:
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                if b"\r" in buf:
+                    buf = buf.replace(b"\r\n", b"\n")
+                while (end := buf.find(b"\n\n")) >= 0:
+                    event, buf = buf[:end], buf[end + 2:]
+                    data = event_data(event)
+                    if data is not None:
+                        yield data
+            if buf.strip():
+                data = event_data(buf.strip(b"\n"))
+                if data is not None:
+                    yield data
+            finished = True
+        except TimeoutError:
+            raise self.error(502, f"upstream '{self.spec.name}' sent nothing for {timeout:g}s mid-stream",
+                             kind="stream") from None
+        except aiohttp.ClientError as exc:
+            raise self.error(502, f"upstream '{self.spec.name}' dropped the stream "
+                                  f"({type(exc).__name__})", kind="stream") from None
+        finally:
+            # Reuse the connection only after a complete body; otherwise stop the upstream generating.
+            if finished:
+                resp.release()
+            else:
+                resp.close()
+
+
+def event_data(event: bytes) -> bytes | None:
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]
+    parts = []
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(parts) if parts else None

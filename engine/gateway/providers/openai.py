@@ -1,0 +1,62 @@
+"""Any OpenAI-compatible server: requests and answers pass through with only the model replaced."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from ...spec import ProviderSpec
+from .base import DONE, HttpProvider, ProviderError, UpstreamResponse, UpstreamStream, error_message
+
+DEFAULT_URL = "https://api.openai.com/v1"
+
+
+class OpenAIProvider(HttpProvider):
+    def __init__(self, spec: ProviderSpec):
+        headers = {"authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+        super().__init__(spec, spec.url or DEFAULT_URL, headers)
+
+    async def chat(self, body: dict, model: str, timeout: float) -> UpstreamResponse:
+        payload = {**body, "model": model}
+        if payload.get("stream"):
+            # chat() promises one JSON answer, whatever the client's body asked for.
+            payload["stream"] = False
+            payload.pop("stream_options", None)
+        raw = await self.post("/chat/completions", payload, timeout)
+        return UpstreamResponse(200, raw, self.parse_answer(raw))
+
+    async def chat_stream(self, body: dict, model: str, timeout: float) -> UpstreamStream:
+        payload = {**body, "model": model, "stream": True}
+        resp = await self.post("/chat/completions", payload, timeout, stream=True)
+        if resp.content_type == "application/json":
+            resp.close()
+            raise self.error(502, f"upstream '{self.spec.name}' answered a stream request with JSON "
+                                  f"instead of events", upstream_status=resp.status)
+        return UpstreamStream(self._events(resp, timeout), resp.close)
+
+    async def embeddings(self, body: dict, model: str, timeout: float) -> UpstreamResponse:
+        raw = await self.post("/embeddings", {**body, "model": model}, timeout)
+        return UpstreamResponse(200, raw, self.parse_answer(raw))
+
+    async def _events(self, resp: aiohttp.ClientResponse, timeout: float) -> AsyncIterator[bytes]:
+        done = False
+        try:
+            async for data in self.sse_data(resp, timeout):
+                if done:
+                    continue   # drained so the connection goes back to the pool
+                if data == b"[DONE]":
+                    done = True
+                    yield DONE
+                elif data.startswith((b'{"error"', b'{ "error"')):
+                    message = error_message(data, "error event")
+                    raise self.error(502, f"upstream '{self.spec.name}' failed mid-stream: {message}",
+                                     kind="stream")
+                else:
+                    yield b"data: " + data + b"\n\n"
+        except ProviderError:
+            if not done:
+                raise
+            return   # the client already has a whole answer
+        if not done:
+            # A clean end of body without [DONE]: lax servers do this; the client still gets a well-formed stream.
+            yield DONE
