@@ -59,7 +59,12 @@ def answer(body: dict) -> tuple[str, str, str | None]:
     return text, "stop", None
 
 
-def _answer_id(prefix: str, body: dict, model: str) -> str:
+def split_pieces(content: str) -> list[str]:
+    """A content cut into word-sized stream pieces that join back to it."""
+    return _PIECE.findall(content) or [""]
+
+
+def answer_id(body: dict, model: str, prefix: str = "chatcmpl-echo-") -> str:
     try:
         seed = orjson.dumps([model, body.get("messages")], option=orjson.OPT_SORT_KEYS)
     except TypeError:
@@ -75,7 +80,7 @@ def _usage(body: dict, content: str) -> dict:
 def completion(body: dict, model: str) -> dict:
     content, finish, _ = answer(body)
     return {
-        "id": _answer_id("chatcmpl-echo-", body, model),
+        "id": answer_id(body, model),
         "object": "chat.completion",
         "created": CREATED,
         "model": model,
@@ -88,10 +93,10 @@ def completion(body: dict, model: str) -> dict:
 def stream_events(body: dict, model: str) -> list[dict]:
     """The chunks of a streamed answer, as OpenAI sends them (without the final [DONE])."""
     content, finish, _ = answer(body)
-    pieces = _PIECE.findall(content) or [""]
+    pieces = split_pieces(content)
     options = body.get("stream_options")
     with_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-    head = {"id": _answer_id("chatcmpl-echo-", body, model), "object": "chat.completion.chunk",
+    head = {"id": answer_id(body, model), "object": "chat.completion.chunk",
             "created": CREATED, "model": model}
 
     def chunk(delta: dict, finish_reason: str | None) -> dict:

@@ -1,0 +1,233 @@
+"""The syntax tree of a policy: frozen, slotted nodes that carry their source location."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from .source import Location
+
+
+# ---- expressions ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    value: object            # str | int | float | bool; a duration is its seconds as float
+    type: str                # string | number | bool | duration
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class ListLit:
+    items: tuple[Literal, ...]
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str                # model, header, metadata, ...
+    arg: str | None          # header("x-plan") -> "x-plan"; metadata.region -> "region"
+    form: str                # plain | call | dotted: how it was written
+    loc: Location
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.name, self.arg)
+
+    def text(self) -> str:
+        if self.form == "call":
+            return f'{self.name}("{self.arg}")'
+        if self.form == "dotted":
+            return f"{self.name}.{self.arg}"
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    op: str                  # == != < <= > >= in "not in" matches contains starts_with ends_with
+    left: "Expr"
+    right: "Expr"
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    operand: "Expr"
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    operands: tuple["Expr", ...]
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    operands: tuple["Expr", ...]
+    loc: Location
+
+
+Expr = Union[Literal, ListLit, Field, Compare, Not, And, Or]
+
+
+# ---- targets --------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TargetRef:
+    provider: str
+    model: str | None
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackT:
+    members: tuple["TargetNode", ...]
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class SplitT:
+    weights: tuple[float, ...]
+    members: tuple["TargetNode", ...]
+    by: tuple[Expr, ...]
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class FastestT:
+    members: tuple["TargetNode", ...]
+    loc: Location
+
+
+TargetNode = Union[TargetRef, FallbackT, SplitT, FastestT]
+
+
+# ---- actions --------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    status: float
+    message: str | None
+    loc: Location
+    status_loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    target: TargetNode
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    kind: str                # requests | tokens | cost
+    amount: float
+    amount_loc: Location
+    window: float            # seconds
+    window_loc: Location
+    by: tuple[Expr, ...]
+    else_route: TargetNode | None
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Cache:
+    ttl: float | None        # None: cache off
+    by: tuple[Expr, ...]
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class RetryCode:
+    text: str                # "429", "5xx", "timeout", "connect"
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    attempts: float
+    attempts_loc: Location
+    backoff: str | None
+    delay: float | None
+    max_delay: float | None
+    jitter: bool
+    on: tuple[RetryCode, ...] | None
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    seconds: float
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    seconds: float
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    label: str
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: str
+    loc: Location
+
+
+Action = Union[Deny, Route, Limit, Cache, Retry, Timeout, Deadline, Tag, Log]
+
+
+# ---- statements -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A string written literally or as env("NAME")."""
+
+    kind: str                # string | env
+    text: str
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str                # url | api_key | format | timeout | cooldown | price
+    args: tuple              # the setting's values, as parsed
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderDecl:
+    name: str
+    settings: tuple[Setting, ...]
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDecl:
+    name: str
+    settings: tuple[Setting, ...]
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    when: Expr | None
+    actions: tuple[Action, ...]
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    providers: tuple[ProviderDecl, ...]
+    keys: tuple[KeyDecl, ...]
+    rules: tuple[Rule, ...]
+
+    def merge(self, other: "Program") -> "Program":
+        return Program(self.providers + other.providers, self.keys + other.keys,
+                       self.rules + other.rules)

@@ -1,0 +1,159 @@
+"""The `edgerules` command: check, eval, serve, bench, upstream."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import PolicyError, render_all
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgerules", description="An AI gateway driven by a rule language.")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("check", help="parse and check a policy; exit 1 on errors")
+    p.add_argument("path", help="a directory of .rules files, or one file")
+    p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("eval", help="print the decision for one request as JSON")
+    p.add_argument("path")
+    p.add_argument("--request", metavar="FILE", help="the request body as JSON (default: stdin)")
+    p.add_argument("--header", action="append", default=[], metavar="K:V", help="a request header (repeatable)")
+    p.add_argument("--key", default="", metavar="NAME", help="the authenticated key's name")
+    p.add_argument("--ip", default="127.0.0.1", help="the client address (default 127.0.0.1)")
+    p.add_argument("--path", dest="http_path", default="/v1/chat/completions", help="the HTTP path")
+    p.add_argument("--engine", choices=("compiled", "interpreted"), default="compiled",
+                   help="decide with the compiled code (default) or the reference interpreter")
+    p.add_argument("--show-code", action="store_true", help="print the generated Python instead")
+    p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--rules", default="rules/", metavar="PATH", help="policy path (default rules/)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--state", default="memory://", metavar="URI",
+                   help="storage for limits and cache: memory:// (default) or redis://HOST:PORT")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument("--max-body", default="4MiB", metavar="SIZE", help="largest request body (default 4MiB)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--no-watch", action="store_true", help="do not reload when .rules files change")
+    p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("bench", help="rule-evaluation throughput of the compiled policy")
+    p.add_argument("path")
+    p.add_argument("--request", metavar="FILE", help="a JSON request, or a JSON list of them (default: generated)")
+    p.add_argument("--seconds", type=float, default=1.0, help="time per measurement (default 1s)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--gateway", action="store_true", help="also measure whole requests through the gateway")
+    p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("upstream", help="a fake OpenAI-compatible provider with fault injection",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(run=cmd_upstream)
+    return parser
+
+
+def _load(path: str):
+    from .policy import load_policy
+    return load_policy(path)
+
+
+def cmd_check(args) -> int:
+    try:
+        policy = _load(args.path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if policy.warnings:
+        print(render_all(policy.warnings, policy.sources), file=sys.stderr)
+    print(f"{args.path}: ok: {len(policy.files)} file(s), {len(policy.rules)} rule(s), "
+          f"{len(policy.providers)} provider(s), {len(policy.keys)} key(s); version {policy.version}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    try:
+        policy = _load(args.path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.show_code:
+        print(policy.source(), end="")
+        return 0
+    body = _read_request(args.request)
+    if body is None:
+        return 2
+    headers = {}
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            print(f"edgerules eval: --header takes K:V, not {item!r}", file=sys.stderr)
+            return 2
+        headers[name.strip().lower()] = value.strip()
+    if args.key and policy.keys and args.key not in {k.name for k in policy.keys}:
+        print(f"edgerules eval: the policy declares no key named {args.key!r}", file=sys.stderr)
+        return 2
+    try:
+        decision = policy.decide(body, headers, args.key, path=args.http_path, ip=args.ip,
+                                 engine=args.engine)
+    except ValueError as exc:
+        print(f"edgerules eval: bad request: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(decision.to_dict(), indent=2))
+    return 0
+
+
+def _read_request(path: str | None):
+    if path is None and sys.stdin.isatty():
+        print("edgerules eval: give the request with --request FILE or on stdin", file=sys.stderr)
+        return None
+    try:
+        text = open(path, encoding="utf-8").read() if path else sys.stdin.read()
+    except OSError as exc:
+        print(f"edgerules eval: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        print(f"edgerules eval: the request is not valid JSON: {exc.msg} at line {exc.lineno} "
+              f"column {exc.colno}", file=sys.stderr)
+        return None
+    if not isinstance(body, dict):
+        print("edgerules eval: the request must be a JSON object", file=sys.stderr)
+        return None
+    return body
+
+
+def cmd_serve(args) -> int:
+    from .gateway.server import serve
+    return serve(args)
+
+
+def cmd_bench(args) -> int:
+    from .benchmark import run_bench
+    return run_bench(args)
+
+
+def cmd_upstream(args) -> int:
+    from .upstream import main as upstream_main
+    return upstream_main(args.rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Checked policy -> Python source of one decision function, plus a map back to the rules.
+
+A pure string writer: it never executes anything. Scalars are written as Python literals
+(repr() of a str, int, float or bool is always a valid, inert literal); every other constant
+(specs, targets, regexes, dispatch tables) is bound by name into the namespace the compiler
+builds, listed in `Generated.constants`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from . import ast
+from .check import CheckedAction, CheckedPolicy, CheckedRule
+from .schema import DECIDE_ARGS, FIELDS, METADATA_HEADER, extractor
+from .source import Location
+
+# Consecutive rules that test the same field with == or `in` are dispatched through a dict once
+# there are at least this many of them; below it, plain `if` tests are faster.
+DISPATCH_MIN = 4
+
+RUNTIME_HELPERS = ("_Decision", "_finish", "_estimate_tokens", "_count_messages",
+                   "_parse_metadata", "_gmtime")
+
+
+@dataclass
+class Generated:
+    source: str
+    constants: dict[str, object]
+    line_map: dict[int, Location] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _IndexKey:
+    field: tuple
+    values: tuple
+    rest: ast.Expr | None
+
+
+def generate(policy: CheckedPolicy, version: str = "") -> Generated:
+    return _Writer(policy).write(version)
+
+
+class _Writer:
+    def __init__(self, policy: CheckedPolicy):
+        self.policy = policy
+        self.lines: list[str] = []
+        self.line_map: dict[int, Location] = {}
+        self.constants: dict[str, object] = {}
+        self._const_ids: dict[int, str] = {}
+        self.locals: dict[tuple, str] = {}
+        self.nullable: set[str] = set()
+        self.tables = 0
+
+    # ---- output ---------------------------------------------------------------------------
+
+    def emit(self, indent: int, text: str, loc: Location | None = None) -> None:
+        self.lines.append("    " * indent + text)
+        if loc is not None:
+            self.line_map[len(self.lines)] = loc
+
+    def const(self, value: object, prefix: str = "_K") -> str:
+        name = self._const_ids.get(id(value))
+        if name is None:
+            name = f"{prefix}{len(self.constants)}"
+            self.constants[name] = value
+            self._const_ids[id(value)] = name
+        return name
+
+    # ---- the whole function ---------------------------------------------------------------
+
+    def write(self, version: str) -> Generated:
+        rules = self._reachable(self.policy.rules)
+        self._collect_fields(rules)
+        self.emit(0, f"# edgerules policy {version or '(unversioned)'}: generated code, do not edit.")
+        self.emit(0, f"# Runtime helpers: {', '.join(RUNTIME_HELPERS)}; constants _K*, patterns _R*, dispatch _D*.")
+        body: list[tuple] = []  # deferred: bucket functions must be defined before decide()
+        for group in self._groups(rules):
+            if isinstance(group, list):
+                body.append(("dispatch", self._dispatch(group)))
+            else:
+                body.append(("rule", group))
+        self.emit(0, "")
+        self.emit(0, f"def decide({', '.join(DECIDE_ARGS)}):")
+        self._prologue()
+        self.emit(1, "d = _Decision()")
+        self.emit(1, "m = d.matched = []")
+        ended = False
+        for kind, item in body:
+            if kind == "rule":
+                ended = self._rule(item, 1, "return d")
+            else:
+                table, params, first, last = item
+                self.emit(1, f"# {first.loc.file}:{first.loc.line}-{last.loc.line}: rules "
+                             f"'{first.name}' to '{last.name}' dispatched on one field")
+                key_local = params[0]
+                self.emit(1, f"b = {table}.get({key_local})")
+                self.emit(1, f"if b is not None and b(d, m, {', '.join(params)}):")
+                self.emit(2, "return d")
+        if not ended:
+            self.emit(1, 'return _finish(d, body.get("model") or "")')
+        return Generated("\n".join(self.lines) + "\n", self.constants, self.line_map)
+
+    @staticmethod
+    def _reachable(rules) -> list[CheckedRule]:
+        out = []
+        for rule in rules:
+            out.append(rule)
+            if rule.when is None and any(a.terminal for a in rule.actions):
+                break
+        return out
+
+    def _collect_fields(self, rules) -> None:
+        seen: dict[tuple, ast.Field] = {}
+        for rule in rules:
+            for expr in _rule_exprs(rule):
+                for f in _fields(expr):
+                    seen.setdefault(f.key, f)
+        used = set()
+        for key in sorted(seen, key=lambda k: (k[0], k[1] or "")):
+            name, arg = key
+            if name in ("header", "metadata"):
+                base = re.sub(r"[^A-Za-z0-9]", "_", arg.lower())[:40]
+                local = f"{'h' if name == 'header' else 'md'}_{base}"
+                while local in used:
+                    local += "_"
+            else:
+                local = name
+            used.add(local)
+            self.locals[key] = local
+            if FIELDS[name].nullable:
+                self.nullable.add(local)
+
+    def _prologue(self) -> None:
+        names = {k[0] for k in self.locals}
+        if "metadata" in names:
+            self.emit(1, f"_meta = _parse_metadata(headers.get({METADATA_HEADER!r}))")
+        if names & {"hour", "weekday"}:
+            self.emit(1, "_utc = _gmtime(now)")
+        for key, local in self.locals.items():
+            code = extractor(*key).code
+            if code != local:
+                self.emit(1, f"{local} = {code}")
+
+    # ---- grouping and dispatch ------------------------------------------------------------
+
+    def _groups(self, rules):
+        """Rules in order; runs of DISPATCH_MIN+ rules keyed on one field become lists."""
+        out, run = [], []
+        for rule in rules:
+            key = _index_key(rule.when)
+            if run and (key is None or key.field != _index_key(run[0].when).field):
+                out.extend([run] if len(run) >= DISPATCH_MIN else run)
+                run = []
+            if key is not None:
+                run.append(rule)
+            else:
+                out.append(rule)
+        out.extend([run] if len(run) >= DISPATCH_MIN else run)
+        return out
+
+    def _dispatch(self, run: list[CheckedRule]):
+        self.tables += 1
+        table = f"_D{self.tables}"
+        field_key = _index_key(run[0].when).field
+        params = [self.locals[field_key]]
+        for rule in run:
+            for expr in _rule_exprs(rule):
+                for f in _fields(expr):
+                    if self.locals[f.key] not in params:
+                        params.append(self.locals[f.key])
+        buckets: dict[object, list[tuple[CheckedRule, ast.Expr | None]]] = {}
+        for rule in run:
+            key = _index_key(rule.when)
+            for value in key.values:
+                bucket = buckets.setdefault(value, [])
+                if not any(r is rule for r, _ in bucket):
+                    bucket.append((rule, key.rest))
+        entries = []
+        for i, (value, members) in enumerate(buckets.items()):
+            fn = f"_b{self.tables}_{i}"
+            self.emit(0, "")
+            self.emit(0, f"def {fn}(d, m, {', '.join(params)}):")
+            ended = False
+            for rule, rest in members:
+                ended = self._rule(rule, 1, "return True", when=rest)
+                if ended:
+                    break
+            if not ended:
+                self.emit(1, "return False")
+            entries.append(f"    {value!r}: {fn},")
+        self.emit(0, "")
+        self.emit(0, f"{table} = {{")
+        self.lines.extend(entries)
+        self.emit(0, "}")
+        return table, params, run[0], run[-1]
+
+    # ---- one rule -------------------------------------------------------------------------
+
+    def _rule(self, rule: CheckedRule, indent: int, end: str, when: object = "same") -> bool:
+        """Emit one rule; True when it always ends the walk (nothing after it can run)."""
+        cond = rule.when if when == "same" else when
+        self.emit(indent, f"# {rule.loc.file}:{rule.loc.line}: rule {rule.name}", rule.loc)
+        if cond is not None:
+            self.emit(indent, f"if {self.expr(cond)}:", rule.loc)
+            indent += 1
+        self.emit(indent, f"m.append({rule.name!r})")
+        terminal = False
+        for action in rule.actions:
+            self._action(rule, action, indent)
+            if action.terminal:
+                self.emit(indent, f"d.rule = {rule.name!r}")
+                self.emit(indent, end)
+                terminal = True
+                break
+        return terminal and cond is None
+
+    def _action(self, rule: CheckedRule, a: CheckedAction, indent: int) -> None:
+        k = a.kind
+        if k == "deny":
+            self.emit(indent, f"d.deny = {a.value!r}")
+        elif k == "route":
+            self.emit(indent, f"d.route = {self.const(a.value)}")
+            if a.sticky:
+                pairs = ", ".join(f"{node_id}: {self._tuple(exprs)}" for node_id, exprs in a.sticky)
+                self.emit(indent, f"d.route_by = {{{pairs}}}")
+        elif k == "limit":
+            self.emit(indent, f"d.limits += (({self.const(a.value)}, {self._tuple(a.by)}),)")
+        elif k == "cache":
+            self.emit(indent, f"d.cache = {self.const(a.value)}")
+            self.emit(indent, f"d.cache_by = {self._tuple(a.by)}")
+        elif k == "retry":
+            self.emit(indent, f"d.retry = {self.const(a.value)}")
+        elif k in ("timeout", "deadline", "log"):
+            self.emit(indent, f"d.{k} = {a.value!r}")
+        elif k == "tag":
+            self.emit(indent, f"d.tags += ({a.value!r},)")
+
+    def _tuple(self, exprs) -> str:
+        if not exprs:
+            return "()"
+        return "(" + ", ".join(self.expr(e) for e in exprs) + ",)"
+
+    # ---- expressions ----------------------------------------------------------------------
+
+    def expr(self, e: ast.Expr) -> str:
+        if isinstance(e, ast.Literal):
+            return repr(e.value)
+        if isinstance(e, ast.Field):
+            return self.locals[e.key]
+        if isinstance(e, ast.Not):
+            return f"not {self._atom(e.operand)}"
+        if isinstance(e, ast.And):
+            return " and ".join(self._atom(o) for o in e.operands)
+        if isinstance(e, ast.Or):
+            return " or ".join(self._atom(o) for o in e.operands)
+        if isinstance(e, ast.ListLit):
+            return "(" + ", ".join(repr(i.value) for i in e.items) + ("," if len(e.items) == 1 else "") + ")"
+        return self._compare(e)
+
+    def _atom(self, e: ast.Expr) -> str:
+        text = self.expr(e)
+        return text if isinstance(e, (ast.Literal, ast.Field)) else f"({text})"
+
+    def _compare(self, e: ast.Compare) -> str:
+        left, op = self.expr(e.left), e.op
+        guards = [x for x in (e.left, e.right)
+                  if isinstance(x, ast.Field) and self.locals[x.key] in self.nullable]
+        if op in ("in", "not in"):
+            items = e.right.items
+            if not items:
+                core = "False" if op == "in" else "True"
+            else:
+                values = ", ".join(repr(i.value) for i in items)
+                core = f"{left} {op} {{{values}}}"
+            needs_guard = op == "not in"
+        elif op == "matches":
+            pattern = self.policy.regexes[e.right.value]
+            core = f"{self.const(pattern, '_R')}.search({left}) is not None"
+            needs_guard = False
+        elif op == "contains":
+            core = f"{self.expr(e.right)} in {left}"
+            needs_guard = False
+        elif op in ("starts_with", "ends_with"):
+            core = f"{left}.{op.replace('_', '')}({self.expr(e.right)})"
+            needs_guard = False
+        else:
+            core = f"{left} {op} {self.expr(e.right)}"
+            needs_guard = op != "==" or all(isinstance(x, ast.Field) for x in (e.left, e.right))
+        if needs_guard and guards:
+            checks = " and ".join(f"{self.locals[g.key]} is not None" for g in guards)
+            return f"{checks} and {core}"
+        return core
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+def _index_key(expr: ast.Expr | None) -> _IndexKey | None:
+    if expr is None:
+        return None
+    first, rest = expr, None
+    if isinstance(expr, ast.And):
+        first = expr.operands[0]
+        others = expr.operands[1:]
+        rest = others[0] if len(others) == 1 else ast.And(others, expr.loc)
+    if not isinstance(first, ast.Compare) or not isinstance(first.left, ast.Field):
+        return None
+    if first.op == "==" and isinstance(first.right, ast.Literal):
+        return _IndexKey(first.left.key, (first.right.value,), rest)
+    if first.op == "in" and isinstance(first.right, ast.ListLit) and first.right.items:
+        return _IndexKey(first.left.key, tuple(dict.fromkeys(i.value for i in first.right.items)), rest)
+    return None
+
+
+def _rule_exprs(rule: CheckedRule):
+    if rule.when is not None:
+        yield rule.when
+    for a in rule.actions:
+        yield from a.by
+        for _, exprs in a.sticky:
+            yield from exprs
+
+
+def _fields(e: ast.Expr):
+    if isinstance(e, ast.Field):
+        yield e
+    elif isinstance(e, ast.Compare):
+        yield from _fields(e.left)
+        yield from _fields(e.right)
+    elif isinstance(e, ast.Not):
+        yield from _fields(e.operand)
+    elif isinstance(e, (ast.And, ast.Or)):
+        for o in e.operands:
+            yield from _fields(o)

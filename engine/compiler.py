@@ -1,0 +1,45 @@
+"""The one place that calls compile() and exec(): checked policy -> a callable decision function."""
+from __future__ import annotations
+
+import linecache
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .check import CheckedPolicy
+from .codegen import Generated, generate
+from .decision import Decision, finish_without_route
+from .schema import count_messages, estimate_tokens, parse_metadata
+
+
+@dataclass
+class CompiledPolicy:
+    decide: Callable[..., Decision]
+    generated: Generated
+    filename: str
+
+
+def compile_policy(policy: CheckedPolicy, version: str) -> CompiledPolicy:
+    generated = generate(policy, version)
+    filename = f"<edgerules policy {version}>"
+    providers = policy.providers
+
+    def finish(d: Decision, model: str) -> Decision:
+        return finish_without_route(d, model, providers)
+
+    namespace = {
+        "__builtins__": {},
+        "_Decision": Decision,
+        "_finish": finish,
+        "_estimate_tokens": estimate_tokens,
+        "_count_messages": count_messages,
+        "_parse_metadata": parse_metadata,
+        "_gmtime": time.gmtime,
+        **generated.constants,
+    }
+    code = compile(generated.source, filename, "exec")
+    exec(code, namespace)
+    # Tracebacks through generated code then show its lines.
+    lines = generated.source.splitlines(keepends=True)
+    linecache.cache[filename] = (len(generated.source), None, lines, filename)
+    return CompiledPolicy(namespace["decide"], generated, filename)

@@ -1,0 +1,131 @@
+"""load_policy(), Policy.decide() and the policy's version hash."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Mapping
+
+from .check import CheckedPolicy, check_program
+from .compiler import CompiledPolicy, compile_policy
+from .decision import Decision
+from .errors import Diagnostic, PolicyError
+from .interpret import Interpreter
+from .parse import parse_source
+from .schema import body_error
+from .source import Location, Source
+from .spec import LimitSpec, ProviderSpec, Single, target_leaves
+
+
+def read_sources(path: str | os.PathLike) -> list[Source]:
+    """The policy's files in name order: one file, or every *.rules below a directory."""
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*.rules") if p.is_file())
+        if not files:
+            raise PolicyError([Diagnostic("no-rules", f"no .rules files in '{path}'", None)])
+    elif root.is_file():
+        files = [root]
+    else:
+        raise PolicyError([Diagnostic("no-rules", f"no such file or directory: '{path}'", None)])
+    sources = []
+    for file in files:
+        name = str(file)
+        data = file.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise PolicyError([Diagnostic("encoding", "the file is not valid UTF-8",
+                                          Location(name, line, column, column + 1))]) from None
+        sources.append(Source(name, text))
+    return sources
+
+
+def version_of(sources: list[Source]) -> str:
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.name.encode() + b"\0" + source.text.encode() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def load_policy(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> "Policy":
+    """Parse, check and compile a directory of .rules files (or one file). Raises PolicyError."""
+    return build_policy(read_sources(path), env, path=str(path))
+
+
+def build_policy(sources: list[Source], env: Mapping[str, str] | None = None, path: str = "") -> "Policy":
+    by_name = {s.name: s for s in sources}
+    program, diagnostics = None, []
+    for source in sources:
+        parsed, errors = parse_source(source)
+        diagnostics.extend(errors)
+        if parsed is not None:
+            program = parsed if program is None else program.merge(parsed)
+    if diagnostics:
+        raise PolicyError(diagnostics, by_name)
+    checked, diagnostics = check_program(program, env)
+    if any(d.severity == "error" for d in diagnostics):
+        raise PolicyError(diagnostics, by_name)
+    version = version_of(sources)
+    return Policy(checked, compile_policy(checked, version), version, sources, diagnostics, path)
+
+
+class Policy:
+    """A loaded policy: compiled once, decided many times."""
+
+    def __init__(self, checked: CheckedPolicy, compiled: CompiledPolicy, version: str,
+                 sources: list[Source], warnings: list[Diagnostic], path: str = ""):
+        self.checked = checked
+        self.version = version
+        self.path = path
+        self.sources = {s.name: s for s in sources}
+        self.files = tuple(s.name for s in sources)
+        self.warnings = tuple(warnings)
+        self.loaded_at = time.time()
+        self.providers: dict[str, ProviderSpec] = checked.providers
+        self.keys = checked.keys
+        self.rules = tuple(r.name for r in checked.rules)
+        self.limits: tuple[LimitSpec, ...] = tuple(
+            a.value for r in checked.rules for a in r.actions if a.kind == "limit")
+        self._compiled = compiled
+        # The raw decision functions: (body, headers, key, path, method, ip, now), no validation.
+        self.evaluate = compiled.decide
+        self.interpret = Interpreter(checked).decide
+
+    def decide(self, body: dict, headers: Mapping[str, str] | None = None, key: str = "", *,
+               path: str = "/v1/chat/completions", method: str = "POST", ip: str = "127.0.0.1",
+               now: float | None = None, engine: str = "compiled") -> Decision:
+        """The decision for one request. Raises ValueError when a field has the wrong type."""
+        problem = body_error(body)
+        if problem is not None:
+            raise ValueError(problem[0])
+        low = {k.lower(): v for k, v in (headers or {}).items()}
+        fn = self.evaluate if engine == "compiled" else self.interpret
+        return fn(body, low, key or "", path, method, ip, time.time() if now is None else now)
+
+    def source(self) -> str:
+        """The generated Python source of the compiled decision function."""
+        return self._compiled.generated.source
+
+    def models(self) -> list[str]:
+        """Every "provider/model" a rule can route to, then "provider/*" for pass-through targets."""
+        seen: dict[str, None] = {}
+        for rule in self.checked.rules:
+            for a in rule.actions:
+                targets = [a.value] if a.kind == "route" else []
+                if a.kind == "limit" and a.value.else_route is not None:
+                    targets.append(a.value.else_route)
+                for target in targets:
+                    for leaf in target_leaves(target):
+                        seen[_model_id(leaf)] = None
+        return list(seen)
+
+    def __repr__(self) -> str:
+        return f"<Policy {self.version} files={len(self.files)} rules={len(self.rules)}>"
+
+
+def _model_id(leaf: Single) -> str:
+    return f"{leaf.provider}/{leaf.model}" if leaf.model else f"{leaf.provider}/*"

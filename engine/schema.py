@@ -1,0 +1,181 @@
+"""The request fields a policy can read: their types, and how a request provides them.
+
+One table serves the checker (names and types), the code generator (an extraction snippet per
+field) and the interpreter (an extraction function per field), so the two engines cannot drift.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDef:
+    name: str
+    type: str              # string | number | bool
+    form: str              # plain | call (header("x")) | dotted (metadata.x)
+    nullable: bool         # may be missing: then every comparison with it is false
+    doc: str
+
+
+FIELDS: dict[str, FieldDef] = {f.name: f for f in (
+    FieldDef("model", "string", "plain", False, "the requested model"),
+    FieldDef("stream", "bool", "plain", False, "the request asked for a stream"),
+    FieldDef("temperature", "number", "plain", True, "as sent"),
+    FieldDef("max_tokens", "number", "plain", True, "as sent"),
+    FieldDef("input_tokens", "number", "plain", False, "estimated tokens of the prompt"),
+    FieldDef("messages", "number", "plain", False, "how many messages"),
+    FieldDef("user", "string", "plain", False, "the request's user field"),
+    FieldDef("key", "string", "plain", False, "name of the authenticated key"),
+    FieldDef("path", "string", "plain", False, "the HTTP path"),
+    FieldDef("method", "string", "plain", False, "the HTTP method"),
+    FieldDef("ip", "string", "plain", False, "the client address"),
+    FieldDef("header", "string", "call", False, "a request header, \"\" when absent"),
+    FieldDef("metadata", "string", "dotted", False, "from the x-edgerules-metadata header"),
+    FieldDef("hour", "number", "plain", False, "UTC hour, 0-23"),
+    FieldDef("weekday", "number", "plain", False, "UTC weekday, 0 (Monday) - 6"),
+)}
+
+METADATA_HEADER = "x-edgerules-metadata"
+
+# The arguments of every decision function, compiled or interpreted.
+DECIDE_ARGS = ("body", "headers", "key", "path", "method", "ip", "now")
+
+
+def field_names() -> list[str]:
+    """Every spelling a user may write, for "did you mean" suggestions."""
+    out = []
+    for f in FIELDS.values():
+        out.append(f'{f.name}("...")' if f.form == "call" else f"{f.name}.NAME" if f.form == "dotted" else f.name)
+    return out
+
+
+# ---- helpers the generated code and the interpreter share ----------------------------------
+
+def estimate_tokens(body: dict) -> int:
+    """A cheap estimate of prompt tokens: about four characters a token, plus framing."""
+    chars, count = 0, 0
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for msg in messages:
+            count += 1
+            content = msg.get("content") if isinstance(msg, dict) else None
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        chars += len(part["text"])
+    inp = body.get("input")
+    if isinstance(inp, str):
+        chars += len(inp)
+    elif isinstance(inp, list):
+        chars += sum(len(x) for x in inp if isinstance(x, str))
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        chars += len(prompt)
+    return (chars + 3) // 4 + 3 * count
+
+
+def parse_metadata(raw: str | None) -> dict[str, str]:
+    """The x-edgerules-metadata header as a dict of strings; a non-string value as its JSON text."""
+    if not raw:
+        return {}
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in data.items()}
+
+
+def metadata_error(raw: str | None) -> str | None:
+    """Why the metadata header is unusable, or None when it is fine (or absent)."""
+    if not raw:
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return f"header '{METADATA_HEADER}' is not valid JSON"
+    return None if isinstance(data, dict) else f"header '{METADATA_HEADER}' must be a JSON object"
+
+
+def utc_parts(now: float | None) -> time.struct_time:
+    return time.gmtime(now)
+
+
+def count_messages(body: dict) -> int:
+    messages = body.get("messages")
+    return len(messages) if isinstance(messages, list) else 0
+
+
+# ---- validation of a request body before it is decided ------------------------------------
+
+_NUMBER = (int, float)
+
+
+def body_error(body: object) -> tuple[str, str] | None:
+    """(message, param) when a field the policy may read has the wrong type; None when fine."""
+    if not isinstance(body, dict):
+        return ("the request body must be a JSON object", "")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        return ("'model' must be a string", "model")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        return ("'stream' must be a boolean", "stream")
+    for name in ("temperature", "max_tokens"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, _NUMBER)):
+            return (f"'{name}' must be a number", name)
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        return ("'user' must be a string", "user")
+    messages = body.get("messages")
+    if messages is not None:
+        if not isinstance(messages, list):
+            return ("'messages' must be an array", "messages")
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict):
+                return (f"'messages[{i}]' must be an object", f"messages[{i}]")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Extractor:
+    """How one field is read: a code snippet for generated code, a function for the interpreter."""
+
+    code: str
+    read: Callable
+
+
+def extractor(name: str, arg: str | None) -> Extractor:
+    if name == "model":
+        return Extractor('body.get("model") or ""', lambda r: r["body"].get("model") or "")
+    if name == "stream":
+        return Extractor('body.get("stream") is True', lambda r: r["body"].get("stream") is True)
+    if name in ("temperature", "max_tokens"):
+        return Extractor(f'body.get("{name}")', lambda r: r["body"].get(name))
+    if name == "input_tokens":
+        return Extractor("_estimate_tokens(body)", lambda r: estimate_tokens(r["body"]))
+    if name == "messages":
+        return Extractor("_count_messages(body)", lambda r: count_messages(r["body"]))
+    if name == "user":
+        return Extractor('body.get("user") or ""', lambda r: r["body"].get("user") or "")
+    if name in ("key", "path", "method", "ip"):
+        return Extractor(name, lambda r: r[name])
+    if name == "header":
+        low = arg.lower()
+        return Extractor(f"headers.get({low!r}, \"\")", lambda r: r["headers"].get(low, ""))
+    if name == "metadata":
+        return Extractor(f"_meta.get({arg!r}, \"\")",
+                         lambda r: parse_metadata(r["headers"].get(METADATA_HEADER)).get(arg, ""))
+    if name == "hour":
+        return Extractor("_utc.tm_hour", lambda r: utc_parts(r["now"]).tm_hour)
+    if name == "weekday":
+        return Extractor("_utc.tm_wday", lambda r: utc_parts(r["now"]).tm_wday)
+    raise KeyError(name)
