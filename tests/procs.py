@@ -1,0 +1,110 @@
+"""Test helpers that run real processes (the fake upstream, the gateway) on 127.0.0.1 and stop them by PID."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A child process with its output in a temporary file; stopped by its own PID only."""
+
+    def __init__(self, popen: subprocess.Popen, log):
+        self.popen = popen
+        self.pid = popen.pid
+        self._log = log
+
+    def output(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout)
+        return self.popen.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_process(argv: list[str], ready_url: str, timeout: float = 10.0, env: dict | None = None,
+                  cls: type[Process] = Process, **kw) -> Process:
+    """Start argv and wait until ready_url answers 200; on failure stop it and raise with its output."""
+    log = tempfile.TemporaryFile()
+    popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env={**os.environ, **(env or {})})
+    proc = cls(popen, log, **kw)
+    deadline = time.monotonic() + timeout
+    with httpx.Client(trust_env=False, timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            if popen.poll() is not None:
+                raise RuntimeError(f"{argv} exited with {popen.returncode} before it was ready:\n{proc.output()}")
+            try:
+                if client.get(ready_url).status_code == 200:
+                    return proc
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+    proc.stop()
+    raise RuntimeError(f"{argv} was not ready at {ready_url} within {timeout:g}s:\n{proc.output()}")
+
+
+class UpstreamProc(Process):
+    def __init__(self, popen: subprocess.Popen, log, port: int):
+        super().__init__(popen, log)
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.url = self.base + "/v1"
+        self._client = httpx.Client(base_url=self.base, trust_env=False, timeout=5.0)
+
+    def control(self, **knobs) -> dict:
+        resp = self._client.post("/_control", json=knobs)
+        resp.raise_for_status()
+        return resp.json()["faults"]
+
+    def stats(self) -> dict:
+        return self._client.get("/_stats").raise_for_status().json()
+
+    def reset(self) -> None:
+        self._client.post("/_reset").raise_for_status()
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        self._client.close()
+        return super().stop(timeout)
+
+
+def start_upstream(*args: str, timeout: float = 10.0) -> UpstreamProc:
+    """`python -m engine.upstream --port <free> *args`, ready to serve."""
+    for attempt in range(3):
+        port = free_port()
+        argv = [sys.executable, "-m", "engine.upstream", "--port", str(port), *args]
+        try:
+            return start_process(argv, f"http://127.0.0.1:{port}/healthz", timeout, cls=UpstreamProc, port=port)
+        except RuntimeError as exc:
+            # Another process may take the free port before the child binds it; try another one.
+            if "address already in use" not in str(exc).lower() or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
