@@ -143,7 +143,7 @@ class FakeUpstream:
         self.requests += 1
         self.last_headers = scope["headers"]
         self.last_body = body
-        await self._api(send, method, path, body, scope["headers"])
+        await self._api(send, receive, method, path, body, scope["headers"])
 
     async def _admin(self, send, method: str, path: str, body: bytes) -> None:
         if path == "/healthz":
@@ -167,7 +167,7 @@ class FakeUpstream:
             await self._send_json(send, 404, {"error": {"message": f"no such endpoint: {method} {path}"}},
                                   count=False)
 
-    async def _api(self, send, method: str, path: str, body: bytes, headers: list) -> None:
+    async def _api(self, send, receive, method: str, path: str, body: bytes, headers: list) -> None:
         # Counted before faults apply, so a test can see how many attempts reached each endpoint.
         if path == "/models":
             self.models += 1
@@ -195,7 +195,7 @@ class FakeUpstream:
         if not isinstance(request, dict):
             await self._error(send, 400, "the request body must be a JSON object")
             return
-        await route(send, request)
+        await route(send, receive, request)
 
     def _injected_status(self) -> int | None:
         faults = self.faults
@@ -208,17 +208,17 @@ class FakeUpstream:
             return faults.fail_status
         return None
 
-    async def _openai_chat(self, send, request: dict) -> None:
+    async def _openai_chat(self, send, receive, request: dict) -> None:
         problem = _chat_problem(request)
         if problem:
             await self._error(send, 400, problem)
         elif request.get("stream"):
             events = [orjson.dumps(e) for e in echo.stream_events(request, request["model"])]
-            await self._stream(send, [b"data: " + e + b"\n\n" for e in events] + [b"data: [DONE]\n\n"])
+            await self._stream(send, receive, [b"data: " + e + b"\n\n" for e in events] + [b"data: [DONE]\n\n"])
         else:
             await self._send_json(send, 200, echo.completion(request, request["model"]))
 
-    async def _embeddings(self, send, request: dict) -> None:
+    async def _embeddings(self, send, receive, request: dict) -> None:
         if not isinstance(request.get("model"), str):
             await self._error(send, 400, "you must provide a model parameter")
         elif request.get("input") in (None, "", []):
@@ -226,18 +226,18 @@ class FakeUpstream:
         else:
             await self._send_json(send, 200, echo.embeddings(request, request["model"]))
 
-    async def _anthropic_chat(self, send, request: dict) -> None:
+    async def _anthropic_chat(self, send, receive, request: dict) -> None:
         problem = _messages_problem(request)
         if problem:
             await self._error(send, 400, problem)
         elif request.get("stream"):
             events = [b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n"
                       for e in anthropic_stream_events(request)]
-            await self._stream(send, events)
+            await self._stream(send, receive, events)
         else:
             await self._send_json(send, 200, anthropic_message(request))
 
-    async def _stream(self, send, events: list[bytes]) -> None:
+    async def _stream(self, send, receive, events: list[bytes]) -> None:
         faults = self.faults
         self.by_status[200] += 1
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
@@ -247,8 +247,8 @@ class FakeUpstream:
             if faults.error_after is not None and i >= faults.error_after:
                 await send({"type": "http.response.body", "body": self._error_event(), "more_body": False})
                 return
-            if i and faults.chunk_delay:
-                await asyncio.sleep(faults.chunk_delay)
+            if i and faults.chunk_delay and await _disconnected(receive, faults.chunk_delay):
+                return   # a slow stream nobody reads would otherwise hold up shutdown
             await send({"type": "http.response.body", "body": event, "more_body": i < len(events) - 1})
 
     def _error_event(self) -> bytes:
@@ -279,6 +279,15 @@ class FakeUpstream:
         await send({"type": "http.response.start", "status": status,
                     "headers": (headers or _JSON) + [(b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _disconnected(receive, delay: float) -> bool:
+    """Wait `delay` seconds; True as soon as the client goes away."""
+    try:
+        message = await asyncio.wait_for(receive(), delay)
+    except TimeoutError:
+        return False
+    return message["type"] == "http.disconnect"
 
 
 def _injected_message(status: int, headers: list) -> str:

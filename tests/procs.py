@@ -24,8 +24,12 @@ class Process:
         self.popen = popen
         self.pid = popen.pid
         self._log = log
+        self._final_output: str | None = None
 
     def output(self) -> str:
+        """Everything the process printed so far (stdout and stderr), also after stop()."""
+        if self._final_output is not None:
+            return self._final_output
         self._log.flush()
         self._log.seek(0)
         return self._log.read().decode("utf-8", "replace")
@@ -41,6 +45,9 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(timeout)
+        if self._final_output is None:
+            self._final_output = self.output()
+            self._log.close()
         return self.popen.returncode
 
     def __enter__(self):
