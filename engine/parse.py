@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -46,7 +47,22 @@ def parse_source(source: Source) -> tuple[ast.Program | None, list[Diagnostic]]:
         tree = parser.parse(source.text)
     except UnexpectedInput as exc:
         return None, [_syntax_diagnostic(exc, source, parser)]
+    oversized = _oversized_numbers(tree, source.name)
+    if oversized:
+        return None, oversized
     return _ToAst(source.name).transform(tree), []
+
+
+def _oversized_numbers(tree, file: str) -> list[Diagnostic]:
+    """Numbers too large for a float: they would become inf (or exceed int()'s digit limit)."""
+    out = []
+    for token in tree.scan_values(lambda v: isinstance(v, Token) and v.type in ("NUMBER", "DURATION")):
+        value = parse_duration(token) if token.type == "DURATION" else float(token.replace("_", ""))
+        if not math.isfinite(value):
+            end = token.end_column if token.end_line == token.line else token.column + 1
+            out.append(Diagnostic("bad-number", "number is too large",
+                                  Location(file, token.line, token.column, end)))
+    return out
 
 
 def parse_duration(text: str) -> float:
@@ -57,7 +73,11 @@ def parse_duration(text: str) -> float:
 
 def parse_number(text: str) -> int | float:
     text = text.replace("_", "")
-    return float(text) if "." in text else int(text)
+    if "." in text:
+        return float(text)
+    # Leading zeros stripped: int() refuses strings of more than 4300 digits, zeros included.
+    sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
+    return int(sign + (digits.lstrip("0") or "0"))
 
 
 def unquote(text: str) -> str:
