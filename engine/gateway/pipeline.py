@@ -1,0 +1,225 @@
+"""One request through the gateway: decide -> limits -> cache -> route -> provider, with retries."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, AsyncIterator
+
+import orjson
+from starlette.responses import Response, StreamingResponse
+
+from ..spec import Target
+from .errors import GatewayError, error_body
+from .providers import ProviderError
+from .retry import is_retryable, retry_delay
+from .router import plan
+
+if TYPE_CHECKING:
+    from ..decision import Decision
+    from .state import Gateway, Live
+
+log = logging.getLogger("edgerules.gateway")
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+@dataclass(slots=True)
+class Call:
+    """One request on its way through the gateway."""
+
+    kind: str                      # chat | embeddings
+    body: dict
+    stream: bool
+    key: str
+    live: "Live"
+    decision: "Decision"
+    target: Target
+    started: float                 # monotonic
+    deadline_at: float             # monotonic
+    attempts: int = 0
+    route: str = ""                # "provider/model" that answered, or last tried
+    cache: str = "BYPASS"
+    status: int = 200
+    usage: dict | None = None
+    admission: object = None       # the limiter's reservations, settled after the answer
+    error: str = ""
+    extra_headers: dict = field(default_factory=dict)
+    # Sees each stream event on its way to the client and returns what to send (b"" drops it):
+    # how usage is read from streams and how a streamed answer is assembled for the cache.
+    tap: object = None
+
+    def headers(self) -> dict[str, str]:
+        d = self.decision
+        out = {
+            "x-edgerules-route": _header_safe(self.route),
+            "x-edgerules-attempts": str(self.attempts),
+            "x-edgerules-cache": self.cache,
+            "x-edgerules-policy": self.live.policy.version,
+            "x-edgerules-rules": ",".join(d.matched),
+        }
+        if self.extra_headers:
+            out.update(self.extra_headers)
+        return out
+
+
+def _header_safe(text: str) -> str:
+    return text if text.isascii() else text.encode("utf-8").decode("latin-1")
+
+
+# ---- forwarding with retries and fallbacks -----------------------------------------------------
+
+async def forward(gw: "Gateway", call: Call) -> Response:
+    """Try the planned targets in order, each with the decision's retries, within the deadline."""
+    d = call.decision
+    requested = call.body.get("model") or ""
+    now = time.monotonic()
+    attempts = plan(call.target, requested, d.route_by, gw.health, now, gw.rng)
+    retry = d.retry
+    last: ProviderError | None = None
+    deadline_hit = False
+    for provider_name, model in attempts:
+        provider = call.live.providers[provider_name]
+        spec = provider.spec
+        tries = 1 + (retry.attempts if retry is not None else 0)
+        for k in range(tries):
+            if k:
+                delay = retry_delay(retry, k, last.retry_after if last else None, gw.rng)
+                if time.monotonic() + delay >= call.deadline_at:
+                    deadline_hit = True
+                    break
+                await asyncio.sleep(delay)
+            remaining = call.deadline_at - time.monotonic()
+            if remaining <= 0:
+                deadline_hit = True
+                break
+            timeout = min(d.timeout or spec.timeout, remaining)
+            call.attempts += 1
+            call.route = f"{provider_name}/{model}"
+            t0 = time.monotonic()
+            try:
+                response = await _attempt(gw, call, provider, model, timeout)
+            except ProviderError as exc:
+                last = exc
+                if exc.kind == "timeout" and timeout < (d.timeout or spec.timeout):
+                    deadline_hit = True
+                gw.metrics.upstream(provider_name, exc.kind if exc.kind != "status" else str(exc.status))
+                if _counts_as_failure(exc):
+                    if gw.health.of(provider_name).record_failure(spec, time.monotonic()):
+                        log.warning("circuit for provider '%s' opened for %gs after %d failures",
+                                    provider_name, spec.cooldown, spec.failures)
+                if _is_client_error(exc):
+                    raise _client_error(exc, call)
+                if deadline_hit or not is_retryable(retry, exc.upstream_status or exc.status, exc.kind):
+                    break
+                continue
+            gw.health.of(provider_name).record_success(model, time.monotonic() - t0)
+            gw.metrics.upstream(provider_name, "ok")
+            return response
+        if deadline_hit:
+            break
+    raise _final_error(call, last, deadline_hit)
+
+
+async def _attempt(gw: "Gateway", call: Call, provider, model: str, timeout: float) -> Response:
+    if call.kind == "embeddings":
+        answer = await provider.embeddings(call.body, model, timeout)
+        call.usage = _usage_of(answer)
+        return Response(answer.body, media_type="application/json")
+    if not call.stream:
+        answer = await provider.chat(call.body, model, timeout)
+        call.usage = _usage_of(answer)
+        return Response(answer.body, media_type="application/json")
+    stream = await provider.chat_stream(call.body, model, timeout)
+    events = stream.__aiter__()
+    try:
+        first = await events.__anext__()
+    except StopAsyncIteration:
+        await stream.aclose()
+        raise provider.error(502, f"upstream '{provider.spec.name}' ended the stream before any event",
+                             kind="stream") from None
+    except BaseException:
+        await stream.aclose()
+        raise
+    return StreamingResponse(_relay(gw, call, first, events, stream), media_type="text/event-stream",
+                             headers=SSE_HEADERS)
+
+
+async def _relay(gw: "Gateway", call: Call, first: bytes, events: AsyncIterator[bytes], stream
+                 ) -> AsyncIterator[bytes]:
+    """Pass events through as they come; a failure after the first byte ends with an error event."""
+    tap = call.tap
+    try:
+        event = first
+        while True:
+            out = tap(event) if tap is not None else event
+            if out:
+                yield out
+            remaining = call.deadline_at - time.monotonic()
+            if remaining <= 0:
+                raise ProviderError(504, f"the request's deadline of {call.decision.deadline:g}s passed "
+                                         f"mid-stream", kind="timeout")
+            try:
+                async with asyncio.timeout(remaining):
+                    event = await events.__anext__()
+            except TimeoutError:
+                raise ProviderError(504, f"the request's deadline of {call.decision.deadline:g}s passed "
+                                         f"mid-stream", kind="timeout") from None
+    except StopAsyncIteration:
+        pass
+    except ProviderError as exc:
+        call.status = 502 if exc.kind != "timeout" else 504
+        call.error = exc.message
+        yield b"data: " + error_body(call.status, exc.message, code="upstream_stream_error") + b"\n\n"
+    finally:
+        await stream.aclose()
+        await gw.finish(call)
+
+
+def _usage_of(answer) -> dict | None:
+    try:
+        return answer.usage()
+    except Exception:  # an answer that is not JSON has no usage; the client still gets it as sent
+        return None
+
+
+def _counts_as_failure(exc: ProviderError) -> bool:
+    if exc.kind in ("timeout", "connect", "stream"):
+        return True
+    return exc.kind == "status" and (exc.status >= 500 or exc.status in (401, 403))
+
+
+def _is_client_error(exc: ProviderError) -> bool:
+    """An upstream 4xx about the request itself: the client's to fix; failing over won't help."""
+    if exc.kind == "unsupported":
+        return False
+    status = exc.upstream_status or exc.status
+    return exc.kind == "status" and 400 <= status < 500 and status not in (401, 403, 408, 429)
+
+
+def _client_error(exc: ProviderError, call: Call) -> GatewayError:
+    status = exc.upstream_status or exc.status
+    return GatewayError(status, exc.message, code="upstream_rejected",
+                        headers={"x-should-retry": "false"} if call.attempts > 1 else None)
+
+
+def _final_error(call: Call, last: ProviderError | None, deadline_hit: bool) -> GatewayError:
+    headers = {"x-should-retry": "false"} if call.attempts > 1 else {}
+    if deadline_hit and (last is None or last.kind == "timeout"):
+        return GatewayError(504, f"the request's deadline of {call.decision.deadline:g}s passed after "
+                                 f"{call.attempts} attempt(s)"
+                                 + (f"; last error: {last.message}" if last else ""),
+                            code="deadline_exceeded", headers=headers)
+    if last is None:
+        return GatewayError(502, "no target could be tried", code="upstream_error", headers=headers)
+    if last.kind == "timeout" and call.attempts == 1:
+        return GatewayError(504, last.message, code="upstream_timeout", headers=headers)
+    if last.kind == "unsupported":
+        return GatewayError(400, last.message, code="unsupported", headers=headers)
+    what = "the target" if call.attempts == 1 else f"all {call.attempts} attempts"
+    return GatewayError(504 if last.kind == "timeout" else 502,
+                        f"{what} failed; last error: {last.message}",
+                        code="upstream_timeout" if last.kind == "timeout" else "upstream_error",
+                        headers=headers)

@@ -1,0 +1,122 @@
+"""Hot reload: compile a new policy off the request path, then swap it in with one assignment.
+
+Triggers: a change to any *.rules file under the policy path (watchfiles, debounced, so one
+editor save compiles once), SIGHUP, and POST /admin/reload. A load that fails changes nothing
+that is served: the error is logged and kept for GET /admin/policy.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+
+from ..errors import PolicyError
+from ..policy import load_policy
+
+log = logging.getLogger("edgerules.reload")
+
+DEBOUNCE_MS = 150
+
+
+class Reloader:
+    def __init__(self, gw, path: str):
+        self.gw = gw
+        self.path = path
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+
+    async def reload(self, reason: str) -> dict:
+        """Load, check and compile in a worker thread; install only a policy that loaded."""
+        async with self._lock:
+            started = time.perf_counter()
+            old = self.gw.live.policy if self.gw.live else None
+            try:
+                policy = await asyncio.to_thread(load_policy, self.path)
+            except PolicyError as exc:
+                return self._failed(exc, reason)
+            except OSError as exc:
+                return self._failed(PolicyError([_io_diagnostic(exc)]), reason)
+            if old is not None and policy.version == old.version:
+                self.gw.last_error = None
+                return {"ok": True, "version": policy.version, "changed": False}
+            changes = self.gw.install(policy)
+            self.gw.last_error = None
+            self.gw.metrics.reloads["ok"] += 1
+            ms = (time.perf_counter() - started) * 1000
+            summary = _describe(old, policy, changes)
+            log.info("policy %s loaded in %.1f ms (%s): %s", policy.version, ms, reason, summary)
+            return {"ok": True, "version": policy.version, "changed": True, "ms": round(ms, 1),
+                    "summary": summary}
+
+    def _failed(self, exc: PolicyError, reason: str) -> dict:
+        self.gw.metrics.reloads["error"] += 1
+        errors = [d for d in exc.diagnostics if d.severity == "error"]
+        first = errors[0] if errors else None
+        self.gw.last_error = {
+            "at": time.time(), "reason": reason, "message": str(exc),
+            "diagnostics": [d.to_dict() for d in exc.diagnostics],
+            "location": str(first.location) if first and first.location else None,
+        }
+        live = self.gw.live.policy.version if self.gw.live else "none"
+        log.error("policy reload (%s) failed; still serving %s:\n%s", reason, live, exc)
+        return {"ok": False, "version": live, "error": self.gw.last_error}
+
+    # ---- triggers -------------------------------------------------------------------------
+
+    def start(self, watch: bool) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
+        except (NotImplementedError, RuntimeError, ValueError):
+            log.warning("SIGHUP reloads are not available here")
+        if watch:
+            self._task = loop.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _watch(self) -> None:
+        from watchfiles import awatch
+
+        root = Path(self.path)
+        target = root if root.is_dir() else root.parent
+        try:
+            async for changes in awatch(target, debounce=DEBOUNCE_MS, step=50,
+                                        watch_filter=lambda _change, p: p.endswith(".rules"),
+                                        recursive=root.is_dir()):
+                names = sorted({Path(p).name for _, p in changes})
+                await self.reload("file change: " + ", ".join(names))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the policy watcher stopped; reload with SIGHUP or POST /admin/reload")
+
+
+def _describe(old, new, changes: dict) -> str:
+    if old is None:
+        return f"{len(new.rules)} rules, {len(new.providers)} providers"
+    parts = []
+    added = [r for r in new.rules if r not in old.rules]
+    removed = [r for r in old.rules if r not in new.rules]
+    if added:
+        parts.append("rules added: " + ", ".join(added))
+    if removed:
+        parts.append("rules removed: " + ", ".join(removed))
+    for what in ("added", "removed", "replaced"):
+        if changes[what]:
+            parts.append(f"providers {what}: " + ", ".join(changes[what]))
+    if not parts:
+        parts.append("rules edited")
+    return f"{old.version} -> {new.version}; " + "; ".join(parts)
+
+
+def _io_diagnostic(exc: OSError):
+    from ..errors import Diagnostic
+    return Diagnostic("io", f"cannot read the policy: {exc.strerror or exc}", None)

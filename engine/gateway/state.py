@@ -1,0 +1,130 @@
+"""The gateway's live state: the policy and its providers (swapped as one reference on reload),
+plus what outlives a reload: health, limits, cache and metrics."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from ..policy import Policy
+from .auth import KeyRing
+from .metrics import Metrics
+from .providers import Provider, build_provider
+from .router import Health
+
+log = logging.getLogger("edgerules.gateway")
+access_log = logging.getLogger("edgerules.access")
+
+
+@dataclass(eq=False)
+class Live:
+    """Everything a request needs from one policy version; a request keeps the Live it started with."""
+
+    policy: Policy
+    providers: dict[str, Provider]
+    keyring: KeyRing
+    inflight: int = 0
+    retired: bool = False
+    orphans: list[Provider] = field(default_factory=list)   # to close once inflight drops to 0
+
+
+class Gateway:
+    def __init__(self, *, max_body: int = 4 * 1024 * 1024, state_uri: str = "memory://"):
+        self.live: Live | None = None
+        self.max_body = max_body
+        self.state_uri = state_uri
+        self.health = Health()
+        self.metrics = Metrics()
+        self.rng = random.Random()
+        self.limiter = None   # engine.gateway.limiter.Limiter, set by the app
+        self.cache = None     # engine.gateway.cache.ResponseCache, set by the app
+        self.last_error: dict | None = None
+
+    # ---- policy swaps -------------------------------------------------------------------
+
+    def install(self, policy: Policy) -> dict:
+        """Make `policy` live in one step; returns what changed, for the reload log line."""
+        old = self.live
+        old_providers = old.providers if old else {}
+        providers: dict[str, Provider] = {}
+        changed = {"added": [], "removed": [], "replaced": []}
+        for name, spec in policy.providers.items():
+            prev = old_providers.get(name)
+            if prev is not None and prev.spec.client_identity() == spec.client_identity():
+                prev.spec = spec   # same client; timeouts, prices and cooldowns may have changed
+                providers[name] = prev
+            else:
+                providers[name] = build_provider(spec)
+                changed["added" if prev is None else "replaced"].append(name)
+        changed["removed"] = [n for n in old_providers if n not in policy.providers]
+        live = Live(policy, providers, KeyRing(policy.keys))
+        self.live = live
+        self.health.forget(policy.providers)
+        if old is not None:
+            keep = {id(p) for p in providers.values()}
+            old.orphans = [p for p in old_providers.values() if id(p) not in keep]
+            old.retired = True
+            self._maybe_close(old)
+        return changed
+
+    def begin(self) -> Live:
+        live = self.live
+        live.inflight += 1
+        return live
+
+    def end(self, live: Live) -> None:
+        live.inflight -= 1
+        if live.retired:
+            self._maybe_close(live)
+
+    def _maybe_close(self, live: Live) -> None:
+        if live.inflight > 0 or not live.orphans:
+            return
+        orphans, live.orphans = live.orphans, []
+        for provider in orphans:
+            asyncio.get_running_loop().create_task(provider.close())
+
+    async def close(self) -> None:
+        if self.live is not None:
+            for provider in self.live.providers.values():
+                await provider.close()
+        if self.limiter is not None:
+            await self.limiter.close()
+
+    # ---- the end of every request -------------------------------------------------------
+
+    async def finish(self, call) -> None:
+        try:
+            if self.limiter is not None and call.admission is not None:
+                await self.limiter.settle(call)
+        except Exception:
+            log.exception("settling limits failed")
+        finally:
+            self.end(call.live)
+            self.record(call)
+
+    def record(self, call, *, status: int | None = None) -> None:
+        status = status or call.status
+        seconds = time.monotonic() - call.started
+        d = call.decision
+        self.metrics.request(call.route, status, call.cache, seconds, d.tags if d else ())
+        level = d.log if d else "meta"
+        if level == "none" or not access_log.isEnabledFor(logging.INFO):
+            return
+        entry = {
+            "status": status, "kind": call.kind, "route": call.route, "attempts": call.attempts,
+            "cache": call.cache, "key": call.key, "rules": list(d.matched) if d else [],
+            "tags": list(d.tags) if d else [], "ms": round(seconds * 1000, 2),
+            "policy": call.live.policy.version,
+        }
+        if call.usage:
+            entry["usage"] = call.usage
+        if call.error:
+            entry["error"] = call.error
+        if level == "full":
+            entry["request"] = call.body
+        access_log.info(orjson.dumps(entry).decode())
