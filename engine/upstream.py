@@ -1,4 +1,4 @@
-"""`edgerules upstream`: a fake OpenAI- or Anthropic-compatible provider with fault injection, for tests and outage drills."""
+"""`edgerules upstream`: a fake OpenAI- or Anthropic-style provider with fault injection."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,7 @@ from http import HTTPStatus
 import orjson
 
 from .gateway.providers import echo
+from .gateway.providers.base import DONE
 
 MODELS = ("echo",)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*$")
@@ -123,7 +124,8 @@ class FakeUpstream:
             body = None
         return {"requests": self.requests, "chat": self.chat, "embeddings": self.embeddings,
                 "models": self.models, "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
-                "last_headers": {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.last_headers},
+                "last_headers": {k.decode("latin-1").lower(): v.decode("latin-1")
+                                 for k, v in self.last_headers},
                 "last_body": body, "faults": asdict(self.faults)}
 
     async def __call__(self, scope, receive, send) -> None:
@@ -214,7 +216,7 @@ class FakeUpstream:
             await self._error(send, 400, problem)
         elif request.get("stream"):
             events = [orjson.dumps(e) for e in echo.stream_events(request, request["model"])]
-            await self._stream(send, receive, [b"data: " + e + b"\n\n" for e in events] + [b"data: [DONE]\n\n"])
+            await self._stream(send, receive, [b"data: " + e + b"\n\n" for e in events] + [DONE])
         else:
             await self._send_json(send, 200, echo.completion(request, request["model"]))
 
@@ -253,7 +255,8 @@ class FakeUpstream:
 
     def _error_event(self) -> bytes:
         if self.format == "anthropic":
-            payload = {"type": "error", "error": {"type": "overloaded_error", "message": "injected stream error: overloaded"}}
+            payload = {"type": "error",
+                       "error": {"type": "overloaded_error", "message": "injected stream error: overloaded"}}
             return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
         payload = {"error": {"message": "injected stream error: server error", "type": "server_error",
                              "param": None, "code": None}}
@@ -293,7 +296,8 @@ async def _disconnected(receive, delay: float) -> bool:
 def _injected_message(status: int, headers: list) -> str:
     if status == 401:
         # Some real servers echo the presented key; doing it here lets tests prove the gateway redacts it.
-        presented = next((v.decode("latin-1") for k, v in headers if k in (b"authorization", b"x-api-key")), "")
+        keys = [v.decode("latin-1") for k, v in headers if k in (b"authorization", b"x-api-key")]
+        presented = keys[0] if keys else ""
         return f"incorrect API key provided: {presented.removeprefix('Bearer ')}"
     try:
         phrase = HTTPStatus(status).phrase.lower()
@@ -304,7 +308,8 @@ def _injected_message(status: int, headers: list) -> str:
 
 def _model_list(format: str) -> dict:
     if format == "anthropic":
-        data = [{"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"} for m in MODELS]
+        data = [{"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
+                for m in MODELS]
         return {"data": data, "has_more": False, "first_id": MODELS[0], "last_id": MODELS[-1]}
     return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "edgerules"}
                                        for m in MODELS]}
@@ -344,7 +349,8 @@ def _anthropic_answer(request: dict) -> tuple[str, str, str | None, int, str]:
     body = _as_echo_body(request)
     content, finish, matched = echo.answer(body)
     reason = "stop_sequence" if matched else "max_tokens" if finish == "length" else "end_turn"
-    return content, reason, matched, echo.prompt_tokens(body), echo.answer_id(body, request["model"], "msg_echo_")
+    answer_id = echo.answer_id(body, request["model"], "msg_echo_")
+    return content, reason, matched, echo.prompt_tokens(body), answer_id
 
 
 def anthropic_message(request: dict) -> dict:
@@ -358,8 +364,9 @@ def anthropic_message(request: dict) -> dict:
 def anthropic_stream_events(request: dict) -> list[dict]:
     """The echo answer as the event sequence Anthropic streams."""
     content, reason, matched, prompt, answer_id = _anthropic_answer(request)
-    start = {"id": answer_id, "type": "message", "role": "assistant", "model": request["model"], "content": [],
-             "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": prompt, "output_tokens": 1}}
+    start = {"id": answer_id, "type": "message", "role": "assistant", "model": request["model"],
+             "content": [], "stop_reason": None, "stop_sequence": None,
+             "usage": {"input_tokens": prompt, "output_tokens": 1}}
     return [
         {"type": "message_start", "message": start},
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
@@ -384,22 +391,29 @@ def _arg(convert):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgerules upstream",
-                                     description="A fake OpenAI- or Anthropic-compatible provider with fault injection.")
+    parser = argparse.ArgumentParser(
+        prog="edgerules upstream",
+        description="A fake OpenAI- or Anthropic-compatible provider with fault injection.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
     parser.add_argument("--format", choices=("openai", "anthropic"), default="openai",
                         help="the API it speaks (default openai)")
-    parser.add_argument("--latency", type=_arg(parse_duration), default=0.0, help="added before every answer, e.g. 50ms")
-    parser.add_argument("--fail-rate", type=_arg(_rate), default=0.0, help="share of requests that fail (0..1)")
-    parser.add_argument("--fail-status", type=_arg(_status), default=503, help="status of failed requests (503)")
-    parser.add_argument("--status", type=_arg(_status), default=None, help="answer every request with this status")
-    parser.add_argument("--retry-after", type=_arg(parse_duration), default=None, help="Retry-After seconds on errors")
+    parser.add_argument("--latency", type=_arg(parse_duration), default=0.0,
+                        help="added before every answer, e.g. 50ms")
+    parser.add_argument("--fail-rate", type=_arg(_rate), default=0.0,
+                        help="share of requests that fail (0..1)")
+    parser.add_argument("--fail-status", type=_arg(_status), default=503,
+                        help="status of failed requests (503)")
+    parser.add_argument("--status", type=_arg(_status), default=None,
+                        help="answer every request with this status")
+    parser.add_argument("--retry-after", type=_arg(parse_duration), default=None,
+                        help="Retry-After seconds sent with error answers")
     parser.add_argument("--drop-after", type=_arg(_count), default=None,
                         help="in a stream, send N events then drop the connection")
     parser.add_argument("--error-after", type=_arg(_count), default=None,
                         help="in a stream, send N events then an error event")
-    parser.add_argument("--chunk-delay", type=_arg(parse_duration), default=0.0, help="pause between stream events")
+    parser.add_argument("--chunk-delay", type=_arg(parse_duration), default=0.0,
+                        help="pause between stream events")
     parser.add_argument("--seed", type=int, default=None, help="seed of the fail-rate random generator")
     return parser
 

@@ -68,7 +68,8 @@ def start_process(argv: list[str], ready_url: str, timeout: float = 10.0, env: d
     with httpx.Client(trust_env=False, timeout=1.0) as client:
         while time.monotonic() < deadline:
             if popen.poll() is not None:
-                raise RuntimeError(f"{argv} exited with {popen.returncode} before it was ready:\n{proc.output()}")
+                raise RuntimeError(f"{argv} exited with {popen.returncode} before it was ready:\n"
+                                   f"{proc.output()}")
             try:
                 if client.get(ready_url).status_code == 200:
                     return proc
@@ -109,7 +110,8 @@ def start_upstream(*args: str, timeout: float = 10.0) -> UpstreamProc:
         port = free_port()
         argv = [sys.executable, "-m", "engine.upstream", "--port", str(port), *args]
         try:
-            return start_process(argv, f"http://127.0.0.1:{port}/healthz", timeout, cls=UpstreamProc, port=port)
+            return start_process(argv, f"http://127.0.0.1:{port}/healthz", timeout,
+                                 cls=UpstreamProc, port=port)
         except RuntimeError as exc:
             # Another process may take the free port before the child binds it; try another one.
             if "address already in use" not in str(exc).lower() or attempt == 2:

@@ -51,8 +51,11 @@ def sse(client: httpx.Client, path: str, body: dict) -> list[bytes]:
 
 
 def test_prints_ready_line(openai_up):
-    assert (f"edgerules upstream listening on http://127.0.0.1:{openai_up.port} (format openai)"
-            in openai_up.output())
+    line = f"edgerules upstream listening on http://127.0.0.1:{openai_up.port} (format openai)\n"
+    deadline = time.monotonic() + 2.0   # the socket may answer a moment before the line is printed
+    while line not in openai_up.output() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert openai_up.output() == line
     assert httpx.get(openai_up.base + "/healthz", trust_env=False).json()["status"] == "ok"
 
 
@@ -220,7 +223,8 @@ def test_anthropic_stream_events(aup):
 
 def test_anthropic_errors_have_anthropic_shape(aup):
     proc, client = aup
-    resp = client.post("/messages", json={"model": "claude-x", "messages": [{"role": "user", "content": "x"}]})
+    no_max_tokens = {"model": "claude-x", "messages": [{"role": "user", "content": "x"}]}
+    resp = client.post("/messages", json=no_max_tokens)
     assert resp.status_code == 400
     assert resp.json()["type"] == "error" and "max_tokens" in resp.json()["error"]["message"]
     system_in_messages = {"model": "c", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}
@@ -239,8 +243,9 @@ def test_parse_duration_and_arguments():
     assert upstream.parse_duration(3) == 3.0
     with pytest.raises(ValueError):
         upstream.parse_duration("-1s")
-    args = upstream.build_parser().parse_args(["--latency", "20ms", "--fail-rate", "0.25", "--format", "anthropic"])
-    assert (args.latency, args.fail_rate, args.format, args.port, args.host) == (0.02, 0.25, "anthropic", 8081,
-                                                                                   "127.0.0.1")
+    args = upstream.build_parser().parse_args(["--latency", "20ms", "--fail-rate", "0.25",
+                                                "--format", "anthropic"])
+    assert (args.latency, args.fail_rate, args.format) == (0.02, 0.25, "anthropic")
+    assert (args.host, args.port, args.fail_status, args.status) == ("127.0.0.1", 8081, 503, None)
     with pytest.raises(SystemExit):
         upstream.main(["--fail-rate", "2"])

@@ -1,4 +1,4 @@
-"""The Anthropic Messages API behind the OpenAI chat shape: requests translated there, answers and stream events back."""
+"""The Anthropic Messages API behind the OpenAI chat shape: requests translated, answers and events back."""
 from __future__ import annotations
 
 import time
@@ -149,7 +149,8 @@ class StreamTranslator:
         return []   # ping, content_block_stop, and event types added later
 
     def _head(self) -> dict:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model}
 
     def _chunk(self, delta: dict, finish_reason: str | None = None) -> bytes:
         chunk = {**self._head(), "choices": [{"index": 0, "delta": delta, "logprobs": None,

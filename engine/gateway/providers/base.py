@@ -1,4 +1,4 @@
-"""What every upstream provider offers: the Provider interface, its answers, its one error type, and the shared HTTP plumbing."""
+"""The Provider interface, its answers, its one error type, and the HTTP plumbing the clients share."""
 from __future__ import annotations
 
 import asyncio

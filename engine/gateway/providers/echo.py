@@ -100,7 +100,8 @@ def stream_events(body: dict, model: str) -> list[dict]:
             "created": CREATED, "model": model}
 
     def chunk(delta: dict, finish_reason: str | None) -> dict:
-        out = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        out = {**head, "choices": [choice]}
         if with_usage:
             out["usage"] = None
         return out
@@ -157,7 +158,8 @@ class EchoProvider(Provider):
         return UpstreamResponse(200, orjson.dumps(result), result)
 
     async def chat_stream(self, body: dict, model: str, timeout: float) -> UpstreamStream:
-        return UpstreamStream(_replay([b"data: " + orjson.dumps(e) + b"\n\n" for e in stream_events(body, model)]))
+        events = [b"data: " + orjson.dumps(e) + b"\n\n" for e in stream_events(body, model)]
+        return UpstreamStream(_replay(events))
 
     async def embeddings(self, body: dict, model: str, timeout: float) -> UpstreamResponse:
         result = embeddings(body, model)

@@ -58,5 +58,5 @@ class OpenAIProvider(HttpProvider):
                 raise
             return   # the client already has a whole answer
         if not done:
-            # A clean end of body without [DONE]: lax servers do this; the client still gets a well-formed stream.
+            # A clean end of body without [DONE]: lax servers do this; the client still gets a whole stream.
             yield DONE
