@@ -151,6 +151,12 @@ async def test_a_client_error_carries_the_upstream_message(oa):
     assert err.message == "upstream 'up' answered 400: 'messages' must be a non-empty array"
 
 
+async def test_a_body_that_cannot_be_encoded_is_refused(oa):
+    provider, up = oa
+    err = await fails(provider.chat({**CHAT, "seed": 2 ** 70}, "m", 5.0))
+    assert (err.status, err.kind) == (400, "unsupported") and up.stats()["requests"] == 0
+
+
 async def test_the_key_is_redacted_from_upstream_messages(oa):
     provider, up = oa
     up.control(status=401)
@@ -284,6 +290,7 @@ async def test_anthropic_does_not_serve_embeddings_or_tools(an):
     assert err.message == "provider 'claude' (anthropic format) does not serve embeddings"
     err = await fails(provider.chat({**CHAT, "tools": [{"type": "function"}]}, "c", 5.0))
     assert err.kind == "unsupported" and "tool calls" in err.message
+    assert await provider.models() == ["echo"]
 
 
 def test_anthropic_translation_details():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import aiohttp
 import orjson
@@ -197,19 +198,21 @@ class AnthropicProvider(HttpProvider):
     async def _events(self, resp: aiohttp.ClientResponse, timeout: float,
                       translator: StreamTranslator) -> AsyncIterator[bytes]:
         try:
-            async for data in self.sse_data(resp, timeout):
-                if translator.done:
-                    continue   # drained so the connection goes back to the pool
-                try:
-                    out = translator.feed(orjson.loads(data))
-                except orjson.JSONDecodeError:
-                    raise self.error(502, f"upstream '{self.spec.name}' sent an event that is not JSON",
-                                     kind="stream") from None
-                except StreamFailure as exc:
-                    raise self.error(502, f"upstream '{self.spec.name}' failed mid-stream: {exc}",
-                                     kind="stream") from None
-                for event in out:
-                    yield event
+            # aclosing: when this generator stops early, the reader below releases the connection now.
+            async with aclosing(self.sse_data(resp, timeout)) as events:
+                async for data in events:
+                    if translator.done:
+                        continue   # drained so the connection goes back to the pool
+                    try:
+                        out = translator.feed(orjson.loads(data))
+                    except orjson.JSONDecodeError:
+                        raise self.error(502, f"upstream '{self.spec.name}' sent an event that is not JSON",
+                                         kind="stream") from None
+                    except StreamFailure as exc:
+                        raise self.error(502, f"upstream '{self.spec.name}' failed mid-stream: {exc}",
+                                         kind="stream") from None
+                    for event in out:
+                        yield event
         except ProviderError:
             if not translator.done:
                 raise

@@ -170,7 +170,11 @@ class HttpProvider(Provider):
     async def post(self, path: str, payload: dict, timeout: float, *, stream: bool = False):
         """POST and wait for a 2xx answer: its bytes, or for a stream the open response."""
         url = self.base_url + path
-        data = orjson.dumps(payload)
+        try:
+            data = orjson.dumps(payload)
+        except orjson.JSONEncodeError as exc:   # e.g. an integer beyond 64 bits
+            raise self.error(400, f"cannot send the request to upstream '{self.spec.name}': {exc}",
+                             kind="unsupported") from None
         # For a stream, sock_read bounds the silence between two reads once the headers are in.
         per_read = aiohttp.ClientTimeout(total=None, sock_read=timeout if stream else None)
         try:
@@ -191,7 +195,7 @@ class HttpProvider(Provider):
             raise self.error(504, f"upstream '{self.spec.name}' did not answer within {timeout:g}s",
                              kind="timeout") from None
         except aiohttp.ClientConnectorError as exc:
-            reason = exc.os_error.strerror or type(exc.os_error).__name__
+            reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
             raise self.error(502, f"cannot connect to upstream '{self.spec.name}': {reason}",
                              kind="connect") from None
         except aiohttp.ClientError as exc:
@@ -229,6 +233,10 @@ class HttpProvider(Provider):
         if not isinstance(data, dict):
             raise self.error(502, f"upstream '{self.spec.name}' answered 200 with a body that is not a "
                                   f"JSON object", upstream_status=200)
+        # Some proxies answer 200 with an error body instead of an error status.
+        if data.get("type") == "error" or ("error" in data and "choices" not in data and "data" not in data):
+            raise self.error(502, f"upstream '{self.spec.name}' answered 200 with an error: "
+                                  f"{error_message(body, 'unknown error')}", upstream_status=200)
         return data
 
     async def sse_data(self, resp: aiohttp.ClientResponse, timeout: float) -> AsyncIterator[bytes]:

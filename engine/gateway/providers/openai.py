@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import aiohttp
 
@@ -41,18 +42,20 @@ class OpenAIProvider(HttpProvider):
     async def _events(self, resp: aiohttp.ClientResponse, timeout: float) -> AsyncIterator[bytes]:
         done = False
         try:
-            async for data in self.sse_data(resp, timeout):
-                if done:
-                    continue   # drained so the connection goes back to the pool
-                if data == b"[DONE]":
-                    done = True
-                    yield DONE
-                elif data.startswith((b'{"error"', b'{ "error"')):
-                    message = error_message(data, "error event")
-                    raise self.error(502, f"upstream '{self.spec.name}' failed mid-stream: {message}",
-                                     kind="stream")
-                else:
-                    yield b"data: " + data + b"\n\n"
+            # aclosing: when this generator stops early, the reader below releases the connection now.
+            async with aclosing(self.sse_data(resp, timeout)) as events:
+                async for data in events:
+                    if done:
+                        continue   # drained so the connection goes back to the pool
+                    if data == b"[DONE]":
+                        done = True
+                        yield DONE
+                    elif data.startswith((b'{"error"', b'{ "error"')):
+                        message = error_message(data, "error event")
+                        raise self.error(502, f"upstream '{self.spec.name}' failed mid-stream: {message}",
+                                         kind="stream")
+                    else:
+                        yield b"data: " + data + b"\n\n"
         except ProviderError:
             if not done:
                 raise
