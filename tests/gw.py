@@ -1,0 +1,52 @@
+"""Start a real `edgerules serve` on 127.0.0.1 for a policy written by the test."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import httpx
+
+from procs import Process, free_port, start_process
+
+
+class GatewayProc(Process):
+    def __init__(self, popen, log, port: int, rules: Path):
+        super().__init__(popen, log)
+        self.port = port
+        self.rules = rules
+        self.url = f"http://127.0.0.1:{port}"
+        self.base_url = self.url + "/v1"
+        self.http = httpx.Client(base_url=self.url, trust_env=False, timeout=30.0)
+
+    def post(self, path: str, **kw) -> httpx.Response:
+        return self.http.post(path, **kw)
+
+    def chat(self, model: str = "demo/echo", content: str = "hello", **fields) -> httpx.Response:
+        headers = fields.pop("headers", None)
+        body = {"model": model, "messages": [{"role": "user", "content": content}], **fields}
+        return self.http.post("/v1/chat/completions", json=body, headers=headers)
+
+    def stop(self, timeout: float = 5.0):
+        self.http.close()
+        return super().stop(timeout)
+
+
+def start_gateway(rules: str | Path, directory: Path, *args: str, env: dict | None = None,
+                  timeout: float = 15.0) -> GatewayProc:
+    """rules: policy text (written to directory/policy.rules) or an existing path."""
+    if isinstance(rules, str):
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "policy.rules").write_text(rules)
+        path = directory
+    else:
+        path = Path(rules)
+    for attempt in range(3):
+        port = free_port()
+        argv = [sys.executable, "-m", "engine.cli", "serve", "--rules", str(path), "--port", str(port), *args]
+        try:
+            return start_process(argv, f"http://127.0.0.1:{port}/healthz", timeout, env=env,
+                                 cls=GatewayProc, port=port, rules=path)
+        except RuntimeError as exc:
+            if "address already in use" not in str(exc).lower() or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
