@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import re
+import socket
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, fields, replace
@@ -424,13 +425,27 @@ class _DropFilter(logging.Filter):
         return record.msg != _DROPPED
 
 
-async def _serve(server, args) -> int:
-    task = asyncio.create_task(server.serve())
+def _listen(host: str, port: int) -> socket.socket:
+    # Bound here rather than by uvicorn, so a taken port is one clear line instead of a traceback.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve(server, sock: socket.socket, args) -> int:
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             return 1
         await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1] if server.servers else args.port
+    port = sock.getsockname()[1]
     print(f"edgerules upstream listening on http://{args.host}:{port} (format {args.format})", flush=True)
     await task
     return 0
@@ -441,22 +456,27 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     args = build_parser().parse_args(argv)
+    try:
+        sock = _listen(args.host, args.port)
+    except OSError as exc:
+        print(f"edgerules upstream: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
     faults = Faults(latency=args.latency, fail_rate=args.fail_rate, fail_status=args.fail_status,
                     status=args.status, retry_after=args.retry_after, drop_after=args.drop_after,
                     error_after=args.error_after, chunk_delay=args.chunk_delay)
     app = FakeUpstream(args.format, faults, args.seed)
-    config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
-                            lifespan="off", access_log=False, log_level="warning", server_header=False,
-                            timeout_graceful_shutdown=1)
+    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="off", access_log=False,
+                            log_level="warning", server_header=False, timeout_graceful_shutdown=1)
     logging.getLogger("uvicorn.error").addFilter(_DropFilter())
     server = uvicorn.Server(config)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_serve(server, args))
-    except SystemExit as exc:   # uvicorn exits this way when it cannot bind
-        return exc.code if isinstance(exc.code, int) else 1
+            return runner.run(_serve(server, sock, args))
     except KeyboardInterrupt:
         return 0
+    finally:
+        sock.close()
 
 
 if __name__ == "__main__":
