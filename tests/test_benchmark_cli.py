@@ -1,0 +1,126 @@
+"""`edgerules bench` as a user runs it: a subprocess, its exit code, its JSON and its errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.benchmark import BenchError, Rate, measure, read_requests
+from engine.synth import policy_requests, synthetic_policy, synthetic_requests
+from engine.policy import load_policy
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "rules"
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine.cli", "bench", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_bench_prints_json_with_positive_rates():
+    proc = bench("rules/", "--seconds", "0.2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["rules"] > 0 and report["request_source"] == "generated"
+    for engine in ("compiled", "interpreter"):
+        result = report["results"][engine]
+        assert result["decisions"] > 0
+        assert result["decisions_per_second"] > 0
+        assert result["us_per_decision"] > 0
+    assert report["speedup"] > 0
+    assert "compiled" in proc.stderr  # progress
+
+
+def test_bench_prints_a_table():
+    proc = bench("rules/", "--seconds", "0.1")
+    assert proc.returncode == 0, proc.stderr
+    assert "decisions/s" in proc.stdout and "compiled / interpreter" in proc.stdout
+
+
+def test_bench_takes_requests_from_a_file(tmp_path):
+    file = tmp_path / "requests.json"
+    file.write_text(json.dumps([
+        {"model": "smart", "messages": [{"role": "user", "content": "hi"}]},
+        {"body": {"model": "gpt-4o"}, "headers": {"X-Plan": "free"}, "key": "k"},
+    ]))
+    proc = bench("rules/", "--request", str(file), "--seconds", "0.1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["requests"] == 2 and report["request_source"] == str(file)
+    assert report["results"]["compiled"]["decisions_per_second"] > 0
+
+
+def test_bench_takes_one_request_object(tmp_path):
+    file = tmp_path / "one.json"
+    file.write_text(json.dumps({"model": "smart"}))
+    proc = bench("rules/", "--request", str(file), "--seconds", "0.1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["requests"] == 1
+
+
+def test_bench_on_a_bad_path_exits_1_with_the_error():
+    proc = bench("no/such/rules", "--seconds", "0.1")
+    assert proc.returncode == 1
+    assert "error[no-rules]" in proc.stderr and "no/such/rules" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_bench_on_a_policy_with_errors_exits_1(tmp_path):
+    bad = tmp_path / "bad.rules"
+    bad.write_text('rule r {\n    when modle == "x"\n    deny 403\n}\n')
+    proc = bench(str(bad), "--seconds", "0.1")
+    assert proc.returncode == 1
+    assert "error[unknown-field]" in proc.stderr and "bad.rules:2:10" in proc.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{nope", "not valid JSON"),
+    ("[]", "empty list"),
+    ("[1]", "must be a JSON object"),
+    ('{"model": 3}', "'model' must be a string"),
+])
+def test_bench_rejects_a_bad_request_file(tmp_path, content, message):
+    file = tmp_path / "r.json"
+    file.write_text(content)
+    proc = bench("rules/", "--request", str(file), "--seconds", "0.1")
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_bench_gateway_is_not_available_yet():
+    proc = bench("rules/", "--gateway")
+    assert proc.returncode == 2
+    assert "not available yet" in proc.stderr
+
+
+# ---- the pieces, in process ----------------------------------------------------------------
+
+def test_read_requests_reports_a_missing_file(tmp_path):
+    with pytest.raises(BenchError, match="cannot read"):
+        read_requests(str(tmp_path / "missing.json"))
+
+
+def test_measure_counts_decisions():
+    calls = [(1,), (2,)]
+    rate = measure(lambda x: x, calls, 0.01)
+    assert isinstance(rate, Rate) and rate.decisions > 0 and rate.per_second > 0
+
+
+def test_synthetic_policy_has_the_rules_asked_for(tmp_path):
+    file = tmp_path / "p.rules"
+    file.write_text(synthetic_policy(50))
+    policy = load_policy(file)
+    assert len(policy.rules) == 50 and not policy.warnings
+    matched = {policy.decide(b, h, k).rule for b, h, k in synthetic_requests(300, n_rules=50)}
+    assert len(matched) > 10  # the requests spread over the rules
+
+
+def test_policy_requests_are_valid_and_reach_several_rules():
+    policy = load_policy(RULES)
+    requests = policy_requests(policy, 200)
+    decided = {policy.decide(b, h, k).rule for b, h, k in requests}
+    assert len(decided) >= 5
