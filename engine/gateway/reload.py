@@ -13,11 +13,14 @@ import time
 from pathlib import Path
 
 from ..errors import PolicyError
-from ..policy import load_policy
+from ..policy import load_policy, read_sources, version_of
 
 log = logging.getLogger("edgerules.reload")
 
 DEBOUNCE_MS = 150
+# Besides file events, the files' hash is compared with the live version this often: it catches
+# an edit made between loading and the watcher starting, and filesystems without events.
+POLL_SECONDS = 1.0
 
 
 class Reloader:
@@ -25,7 +28,8 @@ class Reloader:
         self.gw = gw
         self.path = path
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._failed_version: str | None = None
 
     async def reload(self, reason: str) -> dict:
         """Load, check and compile in a worker thread; install only a policy that loaded."""
@@ -35,9 +39,11 @@ class Reloader:
             try:
                 policy = await asyncio.to_thread(load_policy, self.path)
             except PolicyError as exc:
+                self._failed_version = await asyncio.to_thread(self._disk_version)
                 return self._failed(exc, reason)
             except OSError as exc:
                 return self._failed(PolicyError([_io_diagnostic(exc)]), reason)
+            self._failed_version = None
             if old is not None and policy.version == old.version:
                 self.gw.last_error = None
                 return {"ok": True, "version": policy.version, "changed": False}
@@ -72,15 +78,32 @@ class Reloader:
         except (NotImplementedError, RuntimeError, ValueError):
             log.warning("SIGHUP reloads are not available here")
         if watch:
-            self._task = loop.create_task(self._watch())
+            self._tasks = [loop.create_task(self._watch()), loop.create_task(self._poll())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._task
+                await task
             except (asyncio.CancelledError, Exception):
                 pass
+
+    def _disk_version(self) -> str | None:
+        try:
+            return version_of(read_sources(self.path))
+        except (PolicyError, OSError):
+            return None
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            if self._lock.locked():
+                continue
+            disk = await asyncio.to_thread(self._disk_version)
+            live = self.gw.live.policy.version if self.gw.live else None
+            if disk is not None and disk != live and disk != self._failed_version:
+                await self.reload("files differ from the live policy")
 
     async def _watch(self) -> None:
         from watchfiles import awatch

@@ -30,6 +30,7 @@ log = logging.getLogger("edgerules.gateway")
 
 ENV_RULES, ENV_STATE, ENV_MAX_BODY, ENV_WATCH = ("EDGERULES_RULES", "EDGERULES_STATE",
                                                  "EDGERULES_MAX_BODY", "EDGERULES_WATCH")
+ENV_LOG_LEVEL = "EDGERULES_LOG_LEVEL"
 ADMIN_TOKEN = "EDGERULES_ADMIN_TOKEN"
 
 
@@ -211,6 +212,9 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
     state_uri = state_uri or os.environ.get(ENV_STATE, "memory://")
     max_body = max_body or parse_size(os.environ.get(ENV_MAX_BODY, "4MiB"))
     watch = os.environ.get(ENV_WATCH, "1") != "0" if watch is None else watch
+    if not logging.getLogger().handlers:
+        # A worker spawned by uvicorn --workers starts with no logging set up.
+        configure_logging(os.environ.get(ENV_LOG_LEVEL, "info"))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -283,6 +287,7 @@ def serve(args) -> int:
     os.environ[ENV_STATE] = args.state
     os.environ[ENV_MAX_BODY] = str(max_body)
     os.environ[ENV_WATCH] = "0" if args.no_watch else "1"
+    os.environ[ENV_LOG_LEVEL] = args.log_level
     uvicorn.run("engine.gateway.server:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers if args.workers > 1 else None, loop="uvloop", http="httptools",
                 log_level=args.log_level, access_log=False, log_config=None)

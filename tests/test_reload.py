@@ -1,0 +1,211 @@
+"""Hot reload: file changes, SIGHUP and POST /admin/reload swap the policy live; broken edits never serve."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine.errors import PolicyError
+from engine.policy import load_policy, read_sources, version_of
+from gw import start_gateway
+
+PROVIDERS = 'provider demo { format echo }\nprovider other { format echo }\n'
+
+
+def _valid(i: int) -> str:
+    return PROVIDERS + f'rule r{i} {{ when model == "m" tag "v{i}" route demo/echo-{i} }}\n'
+
+
+def _broken(i: int) -> str:
+    return PROVIDERS + f'rule b{i} {{ when modle == "m" route demo/x }}\n'
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp~")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _wait_for_version(gw, version: str, timeout: float = 5.0) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if gw.http.get("/healthz").json()["policy"] == version:
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    raise AssertionError(f"version {version} not live after {timeout}s; gateway log:\n{gw.output()[-3000:]}")
+
+
+@pytest.fixture
+def policy_dir(tmp_path):
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "policy.rules").write_text(_valid(0))
+    return d
+
+
+def test_fifty_rewrites_under_load_lose_nothing(policy_dir):
+    gw = start_gateway(policy_dir, policy_dir)
+    try:
+        results = asyncio.run(_load_and_rewrite(gw, policy_dir, rewrites=50, clients=50, seconds=20))
+    finally:
+        gw.stop()
+    failures, served, valid, broken = results
+    assert failures == []
+    assert not (set(served) & set(broken)), "a broken version was served"
+    for version, written_at in valid.items():
+        first = served.get(version)
+        assert first is not None, f"valid version {version} was never served"
+        assert first - written_at <= 2.0, f"version {version} took {first - written_at:.2f}s"
+    log = gw.output()
+    assert log.count("loaded in") >= 25
+    assert "failed; still serving" in log
+
+
+async def _load_and_rewrite(gw, policy_dir: Path, rewrites: int, clients: int, seconds: float):
+    served: dict[str, float] = {}     # version -> first time an answer carried it
+    failures: list[str] = []
+    valid: dict[str, float] = {}
+    broken: set[str] = set()
+    stop = asyncio.Event()
+    body = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+
+    async def client(n: int, http: httpx.AsyncClient):
+        streaming = n % 2 == 0
+        while not stop.is_set():
+            try:
+                if streaming:
+                    async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+                        text = "".join([chunk async for chunk in r.aiter_text()])
+                        ok = r.status_code == 200 and text.rstrip().endswith("data: [DONE]")
+                else:
+                    r = await http.post("/v1/chat/completions", json=body)
+                    ok = r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+                if not ok:
+                    failures.append(f"{r.status_code}")
+                served.setdefault(r.headers["x-edgerules-policy"], time.monotonic())
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+
+    async def writer():
+        path = policy_dir / "policy.rules"
+        await asyncio.sleep(0.5)
+        for i in range(1, rewrites + 1):
+            text = _valid(i) if i % 2 else _broken(i)
+            await asyncio.to_thread(_write_atomic, path, text)
+            written = time.monotonic()
+            version = version_of(read_sources(policy_dir))
+            (valid if i % 2 else broken).__setitem__(version, written) if i % 2 else broken.add(version)
+            await asyncio.sleep((seconds - 2) / rewrites)
+        await asyncio.sleep(1.5)
+        stop.set()
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=gw.url, timeout=30, limits=limits, trust_env=False) as http:
+        await asyncio.gather(writer(), *(client(n, http) for n in range(clients)))
+    return failures, served, valid, broken
+
+
+def test_editor_rename_delete_and_new_file_are_picked_up(tmp_path):
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "a.rules").write_text(PROVIDERS)
+    (d / "b.rules").write_text('rule one { when model == "one" route demo/one }\n')
+    gw = start_gateway(d, d)
+    try:
+        # an editor's write-to-temp-and-rename
+        _write_atomic(d / "b.rules", 'rule one { when model == "one" route other/one }\n')
+        _wait_for_version(gw, load_policy(d).version)
+        assert gw.chat("one").headers["x-edgerules-route"] == "other/one"
+        # a new file
+        (d / "c.rules").write_text('rule two { when model == "two" route demo/two }\n')
+        _wait_for_version(gw, load_policy(d).version)
+        assert gw.chat("two").status_code == 200
+        # a deleted file
+        (d / "c.rules").unlink()
+        _wait_for_version(gw, load_policy(d).version)
+        assert gw.chat("two").status_code == 404
+        # a renamed file keeps working under its new name
+        (d / "b.rules").rename(d / "z.rules")
+        _wait_for_version(gw, load_policy(d).version)
+        assert gw.chat("one").headers["x-edgerules-route"] == "other/one"
+    finally:
+        gw.stop()
+    assert "rules added: two" in gw.output() and "rules removed: two" in gw.output()
+
+
+def test_broken_edit_keeps_the_last_good_policy_and_reports_it(policy_dir):
+    gw = start_gateway(policy_dir, policy_dir, "--no-watch")
+    try:
+        good = gw.http.get("/healthz").json()["policy"]
+        (policy_dir / "policy.rules").write_text(_broken(1))
+        resp = gw.post("/admin/reload")
+        assert resp.status_code == 422 and resp.json()["ok"] is False
+        info = gw.http.get("/admin/policy").json()
+        assert info["version"] == good
+        err = info["last_error"]
+        assert err["location"].endswith("policy.rules:3:16")
+        assert "unknown field 'modle'" in err["message"]
+        assert gw.chat("m").headers["x-edgerules-policy"] == good
+        assert "policy.rules:3:16: error[unknown-field]" in gw.output()
+        # fixing the file clears the error
+        (policy_dir / "policy.rules").write_text(_valid(7))
+        assert gw.post("/admin/reload").json()["ok"] is True
+        assert gw.http.get("/admin/policy").json()["last_error"] is None
+    finally:
+        gw.stop()
+
+
+def test_sighup_reloads(policy_dir):
+    gw = start_gateway(policy_dir, policy_dir, "--no-watch")
+    try:
+        (policy_dir / "policy.rules").write_text(_valid(3))
+        os.kill(gw.pid, signal.SIGHUP)
+        _wait_for_version(gw, load_policy(policy_dir).version)
+        assert gw.chat("m").headers["x-edgerules-route"] == "demo/echo-3"
+    finally:
+        gw.stop()
+
+
+def test_every_worker_takes_the_new_policy(policy_dir):
+    gw = start_gateway(policy_dir, policy_dir, "--workers", "2", timeout=30)
+    try:
+        (policy_dir / "policy.rules").write_text(_valid(5))
+        new = load_policy(policy_dir).version
+        deadline = time.monotonic() + 10
+        streak = 0
+        while time.monotonic() < deadline and streak < 40:
+            # fresh connections spread over both workers
+            with httpx.Client(trust_env=False) as fresh:
+                version = fresh.get(gw.url + "/healthz").json()["policy"]
+            streak = streak + 1 if version == new else 0
+        assert streak >= 40
+    finally:
+        gw.stop()
+
+
+def test_admin_token_guards_admin_endpoints(policy_dir):
+    gw = start_gateway(policy_dir, policy_dir, "--no-watch", env={"EDGERULES_ADMIN_TOKEN": "s3cret-admin"})
+    try:
+        assert gw.http.get("/admin/policy").status_code == 401
+        assert gw.post("/admin/reload").status_code == 401
+        ok = gw.http.get("/admin/policy", headers={"authorization": "Bearer s3cret-admin"})
+        assert ok.status_code == 200 and ok.json()["version"]
+    finally:
+        gw.stop()
+
+
+def test_admin_refuses_non_loopback_clients_without_a_token(policy_dir, monkeypatch):
+    from starlette.testclient import TestClient
+    from engine.gateway.server import create_app
+
+    monkeypatch.delenv("EDGERULES_ADMIN_TOKEN", raising=False)
+    app = create_app(str(policy_dir), watch=False)
+    with TestClient(app, client=("203.0.113.9", 5000)) as client:
+        resp = client.get("/admin/policy")
+        assert resp.status_code == 403 and resp.json()["error"]["code"] == "admin_forbidden"
+        assert client.post("/admin/reload").status_code == 403
