@@ -209,3 +209,50 @@ def test_admin_refuses_non_loopback_clients_without_a_token(policy_dir, monkeypa
         resp = client.get("/admin/policy")
         assert resp.status_code == 403 and resp.json()["error"]["code"] == "admin_forbidden"
         assert client.post("/admin/reload").status_code == 403
+
+
+def test_inflight_request_finishes_on_its_policy_and_changed_provider_gets_a_new_client(tmp_path):
+    from procs import start_upstream
+    slow, fresh = start_upstream("--latency", "1s"), start_upstream()
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "p.rules").write_text(f'provider up {{ url "{slow.url}" }}\nrule r {{ route up/m }}\n')
+    gw = start_gateway(d, d, "--no-watch")
+    try:
+        old = gw.http.get("/healthz").json()["policy"]
+        with httpx.Client(base_url=gw.url, trust_env=False, timeout=10) as other:
+            import threading
+            result = {}
+            t = threading.Thread(target=lambda: result.setdefault("r", other.post(
+                "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}]})))
+            t.start()
+            time.sleep(0.3)
+            (d / "p.rules").write_text(f'provider up {{ url "{fresh.url}" }}\nrule r {{ route up/m }}\n')
+            assert gw.post("/admin/reload").json()["ok"] is True
+            after = gw.chat("m")
+            t.join(5)
+        assert result["r"].status_code == 200
+        assert result["r"].headers["x-edgerules-policy"] == old
+        assert after.headers["x-edgerules-policy"] != old
+        assert slow.stats()["chat"] == 1 and fresh.stats()["chat"] == 1
+        assert "providers replaced: up" in gw.output()
+    finally:
+        gw.stop()
+        slow.stop()
+        fresh.stop()
+
+
+def test_circuit_state_survives_a_reload(tmp_path):
+    d = tmp_path / "rules"
+    d.mkdir()
+    text = 'provider down {{ url "http://127.0.0.1:9/v1" cooldown 60s after 1 failures }}\n{extra}rule r {{ route down/m }}\n'
+    (d / "p.rules").write_text(text.format(extra=""))
+    gw = start_gateway(d, d, "--no-watch")
+    try:
+        assert gw.chat("m").status_code == 502
+        assert gw.http.get("/admin/policy").json()["health"]["down"]["open"] is True
+        (d / "p.rules").write_text(text.format(extra='rule extra { when model == "zzz" deny 403 "no" }\n'))
+        assert gw.post("/admin/reload").json()["changed"] is True
+        assert gw.http.get("/admin/policy").json()["health"]["down"]["open"] is True
+    finally:
+        gw.stop()
