@@ -58,11 +58,11 @@ class Process:
 
 
 def start_process(argv: list[str], ready_url: str, timeout: float = 10.0, env: dict | None = None,
-                  cls: type[Process] = Process, **kw) -> Process:
+                  cls: type[Process] = Process, cwd: str | None = None, **kw) -> Process:
     """Start argv and wait until ready_url answers 200; on failure stop it and raise with its output."""
     log = tempfile.TemporaryFile()
     popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env={**os.environ, **(env or {})})
+                             env={**os.environ, **(env or {})}, cwd=cwd)
     proc = cls(popen, log, **kw)
     deadline = time.monotonic() + timeout
     with httpx.Client(trust_env=False, timeout=1.0) as client:
