@@ -109,16 +109,25 @@ def _syntax_diagnostic(exc: UnexpectedInput, source: Source, parser: Lark) -> Di
     elif isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
         token = exc.token
         width = max(1, len(str(token)))
-        expected = _describe_expected(exc.expected, parser)
-        message = f"unexpected {_describe_token(token)}, expected {expected}"
-        hint = _suggest_keyword(str(token), exc.expected, parser)
+        expected = _acceptable(exc)
+        message = f"unexpected {_describe_token(token)}, expected {_describe_expected(expected, parser)}"
+        hint = _suggest_keyword(str(token), expected, parser)
     else:
         if isinstance(exc, UnexpectedEOF) or getattr(exc, "token", None) is not None:
             line, column = _end_position(source.text)
-        expected = _describe_expected(getattr(exc, "expected", ()) or (), parser)
+        expected = _describe_expected(_acceptable(exc), parser)
         message = f"unexpected end of file, expected {expected}"
     loc = Location(source.name, line, column, column + width)
     return Diagnostic("syntax", message, loc, hint=hint)
+
+
+def _acceptable(exc: UnexpectedInput) -> set[str]:
+    """What the parser could take here. LALR's `expected` also lists terminals that only a
+    default reduction would reject (such as ')' after a complete `when` condition); `accepts`
+    replays the parser on each one to keep only the real ones."""
+    if isinstance(exc, UnexpectedToken) and exc.interactive_parser is not None:
+        return set(exc.accepts)
+    return set(getattr(exc, "expected", ()) or ())
 
 
 def _end_position(text: str) -> tuple[int, int]:
