@@ -431,7 +431,9 @@ class _Checker:
         except re2.error as exc:
             reason = exc.args[0] if exc.args else "cannot compile"
             reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
-            self.error("invalid-regex", f"invalid regex {lit.value!r}: {reason}", lit.loc,
+            # The pattern as the user means it: repr() would double every backslash.
+            shown = pattern.replace("\n", "\\n").replace("\t", "\\t")
+            self.error("invalid-regex", f"invalid regex '{shown}': {reason}", lit.loc,
                        hint="patterns run on RE2: no backreferences or lookaround")
 
 
