@@ -159,7 +159,8 @@ class _Checker:
                 opts["prices"].append((model, Price(float(inp), float(out))))
         fmt = opts.get("format", "openai")
         url = opts.get("url") or DEFAULT_URLS.get(fmt)
-        if fmt == "openai" and "url" not in opts:
+        bad_format = "format" in set_at and "format" not in opts  # already reported
+        if fmt == "openai" and "url" not in opts and not bad_format:
             self.error("missing-url", f"provider '{decl.name}' needs a url", decl.loc,
                        hint='add url "http://..." (any OpenAI-compatible server) or format echo')
         return ProviderSpec(decl.name, fmt, url.rstrip("/") if url else url, opts.get("api_key"),
