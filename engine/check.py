@@ -451,4 +451,5 @@ def _expr_text(e) -> str:
 
 
 def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
+    x = round(float(x), 9)  # a sum of decimals: 33.3 + 66.6 is 99.89999999999999
+    return str(int(x)) if x.is_integer() else str(x)
