@@ -1,0 +1,202 @@
+"""Whole-request figures: direct to the upstream, a bare pass-through, and `edgerules serve`.
+
+Everything runs on 127.0.0.1 in processes this module starts and stops by PID: the fake
+upstream (`edgerules upstream`), the bare Starlette+aiohttp pass-through, and the gateway on the
+given policy plus one provider pointing at the upstream. Load comes from wrk when installed,
+else from engine.loadgen in its own process. Every figure of one call is taken in one run, so
+the ratios are comparable even on a noisy machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+BENCH_PROVIDER = "bench_upstream"
+_WRK_LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[{body}]]
+"""
+
+
+@dataclass
+class Figure:
+    target: str          # direct | passthrough | edgerules
+    mode: str            # json | stream
+    connections: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(argv: list[str], health: str, timeout: float = 20.0) -> subprocess.Popen:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(argv)} exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(health, timeout=1) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError(f"{' '.join(argv)} did not become ready")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def bench_policy_dir(rules: str, upstream_url: str) -> str:
+    """A copy of the policy plus one provider that points at the benchmark's upstream."""
+    out = Path(tempfile.mkdtemp(prefix="edgerules-bench-"))
+    src = Path(rules)
+    files = sorted(src.rglob("*.rules")) if src.is_dir() else [src]
+    for i, f in enumerate(files):
+        shutil.copy(f, out / f"{i:03d}-{f.name}")
+    (out / "zzz-bench.rules").write_text(f'provider {BENCH_PROVIDER} {{ url "{upstream_url}" }}\n')
+    return str(out)
+
+
+def _load(url: str, body: bytes, connections: int, seconds: float) -> dict:
+    if shutil.which("wrk"):
+        return _wrk(url, body, connections, seconds)
+    with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
+        f.write(body)
+    try:
+        out = subprocess.run([sys.executable, "-m", "engine.loadgen", url, "--body", f.name,
+                              "--connections", str(connections), "--seconds", str(seconds)],
+                             capture_output=True, text=True, timeout=seconds + 60)
+        return json.loads(out.stdout)
+    finally:
+        os.unlink(f.name)
+
+
+def _wrk(url: str, body: bytes, connections: int, seconds: float) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(_WRK_LUA.format(body=body.decode()))
+    try:
+        threads = min(2, connections)
+        out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency",
+                              "-s", f.name, url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    finally:
+        os.unlink(f.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors += sum(int(x) for x in m.groups()) if m else 0
+    return {"rps": rps, "p50_ms": _wrk_ms(out, "50%"), "p99_ms": _wrk_ms(out, "99%"), "errors": errors}
+
+
+def _wrk_ms(out: str, pct: str) -> float:
+    m = re.search(rf"^\s+{re.escape(pct)}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if not m:
+        return float("nan")
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def run(rules: str = "rules/", seconds: float = 3.0, connections=(1, 32), modes=("json", "stream"),
+        progress=None) -> dict:
+    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    py = sys.executable
+    up_port, pt_port, gw_port = _free_port(), _free_port(), _free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}/v1"
+    procs = []
+    policy_dir = bench_policy_dir(rules, upstream_url)
+    try:
+        say("starting the upstream, the pass-through and the gateway ...")
+        procs.append(_start([py, "-m", "engine.upstream", "--port", str(up_port)],
+                            f"http://127.0.0.1:{up_port}/healthz"))
+        procs.append(_start([py, "-m", "engine.passthrough", "--upstream", upstream_url, "--port", str(pt_port)],
+                            f"http://127.0.0.1:{pt_port}/healthz"))
+        procs.append(_start([py, "-m", "engine.cli", "serve", "--rules", policy_dir, "--port", str(gw_port),
+                             "--no-watch", "--log-level", "warning"], f"http://127.0.0.1:{gw_port}/healthz"))
+        targets = {
+            "direct": f"http://127.0.0.1:{up_port}/v1/chat/completions",
+            "passthrough": f"http://127.0.0.1:{pt_port}/v1/chat/completions",
+            "edgerules": f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+        }
+        figures = []
+        for mode in modes:
+            body = json.dumps({"model": f"{BENCH_PROVIDER}/bench", "stream": mode == "stream",
+                               "messages": [{"role": "user", "content": "benchmark this request"}]}).encode()
+            for conns in connections:
+                for name, url in targets.items():
+                    _load(url, body, conns, min(1.0, seconds))   # warm up pools and caches
+                    say(f"  {mode:6} {conns:>3} connections  {name:11} ...")
+                    r = _load(url, body, conns, seconds)
+                    figures.append(Figure(name, mode, conns, r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]))
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        shutil.rmtree(policy_dir, ignore_errors=True)
+    return {"loadgen": "wrk" if shutil.which("wrk") else "engine.loadgen", "seconds": seconds,
+            "figures": [asdict(f) for f in figures], "ratios": ratios(figures)}
+
+
+def ratios(figures: list[Figure]) -> list[dict]:
+    by = {(f.target, f.mode, f.connections): f for f in figures}
+    out = []
+    for (target, mode, conns), f in sorted(by.items()):
+        if target != "edgerules":
+            continue
+        direct, bare = by.get(("direct", mode, conns)), by.get(("passthrough", mode, conns))
+        out.append({
+            "mode": mode, "connections": conns,
+            "edgerules_vs_direct": f.rps / direct.rps if direct else None,
+            "passthrough_vs_direct": bare.rps / direct.rps if bare and direct else None,
+            "edgerules_vs_passthrough": f.rps / bare.rps if bare else None,
+            "added_p50_ms_vs_direct": f.p50_ms - direct.p50_ms if direct else None,
+            "added_p50_ms_vs_passthrough": f.p50_ms - bare.p50_ms if bare else None,
+        })
+    return out
+
+
+def render(result: dict) -> str:
+    lines = ["| mode | conns | target | req/s | p50 ms | p99 ms | errors |", "|---|---:|---|---:|---:|---:|---:|"]
+    for f in result["figures"]:
+        lines.append(f"| {f['mode']} | {f['connections']} | {f['target']} | {f['rps']:.0f} | "
+                     f"{f['p50_ms']:.2f} | {f['p99_ms']:.2f} | {f['errors']} |")
+    lines += ["", "| mode | conns | edgerules/direct | pass-through/direct | edgerules/pass-through | "
+                  "added p50 vs direct (ms) |", "|---|---:|---:|---:|---:|---:|"]
+    for r in result["ratios"]:
+        lines.append(f"| {r['mode']} | {r['connections']} | {r['edgerules_vs_direct']:.2f}x | "
+                     f"{r['passthrough_vs_direct']:.2f}x | {r['edgerules_vs_passthrough']:.2f}x | "
+                     f"{r['added_p50_ms_vs_direct']:+.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m engine.gatewaybench")
+    p.add_argument("rules", nargs="?", default="rules/")
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    res = run(a.rules, a.seconds)
+    print(json.dumps(res, indent=2) if a.json else render(res))
