@@ -91,7 +91,7 @@ class _Writer:
                 ended = self._rule(item, 1, "return d")
             else:
                 table, params, first, last = item
-                self.emit(1, f"# {first.loc.file}:{first.loc.line}-{last.loc.line}: rules "
+                self.emit(1, f"# {_file(first.loc)}:{first.loc.line}-{last.loc.line}: rules "
                              f"'{first.name}' to '{last.name}' dispatched on one field")
                 key_local = params[0]
                 self.emit(1, f"b = {table}.get({key_local})")
@@ -200,7 +200,7 @@ class _Writer:
     def _rule(self, rule: CheckedRule, indent: int, end: str, when: object = "same") -> bool:
         """Emit one rule; True when it always ends the walk (nothing after it can run)."""
         cond = rule.when if when == "same" else when
-        self.emit(indent, f"# {rule.loc.file}:{rule.loc.line}: rule {rule.name}", rule.loc)
+        self.emit(indent, f"# {_file(rule.loc)}:{rule.loc.line}: rule {rule.name}", rule.loc)
         if cond is not None:
             self.emit(indent, f"if {self.expr(cond)}:", rule.loc)
             indent += 1
@@ -294,6 +294,12 @@ class _Writer:
 
 
 # ---- helpers --------------------------------------------------------------------------------
+
+def _file(loc: Location) -> str:
+    """A file name fit for a comment: one with a newline in it would end the comment and put
+    the rest of the name into the generated code."""
+    return loc.file if loc.file.isprintable() else repr(loc.file)[1:-1]
+
 
 def _index_key(expr: ast.Expr | None) -> _IndexKey | None:
     if expr is None:
