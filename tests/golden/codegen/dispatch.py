@@ -1,0 +1,121 @@
+# edgerules policy b7af32a50305: generated code, do not edit.
+# Runtime helpers: _Decision, _finish, _estimate_tokens, _count_messages, _parse_metadata, _gmtime; constants _K*, patterns _R*, dispatch _D*.
+
+def _b1_0(d, m, model, stream, temperature):
+    # dispatch.rules:4: rule alias_a
+    m.append('alias_a')
+    d.route = _K0
+    d.rule = 'alias_a'
+    return True
+
+def _b1_1(d, m, model, stream, temperature):
+    # dispatch.rules:5: rule alias_bc
+    m.append('alias_bc')
+    d.tags += ('bc',)
+    return False
+
+def _b1_2(d, m, model, stream, temperature):
+    # dispatch.rules:5: rule alias_bc
+    m.append('alias_bc')
+    d.tags += ('bc',)
+    # dispatch.rules:6: rule alias_c
+    if stream:
+        m.append('alias_c')
+        d.route = _K1
+        d.rule = 'alias_c'
+        return True
+    # dispatch.rules:7: rule alias_c2
+    m.append('alias_c2')
+    d.route = _K2
+    d.rule = 'alias_c2'
+    return True
+
+_D1 = {
+    'a': _b1_0,
+    'b': _b1_1,
+    'c': _b1_2,
+}
+
+def _b2_0(d, m, hour):
+    # dispatch.rules:14: rule at_night
+    m.append('at_night')
+    d.tags += ('night',)
+    return False
+
+def _b2_1(d, m, hour):
+    # dispatch.rules:14: rule at_night
+    m.append('at_night')
+    d.tags += ('night',)
+    return False
+
+def _b2_2(d, m, hour):
+    # dispatch.rules:14: rule at_night
+    m.append('at_night')
+    d.tags += ('night',)
+    return False
+
+def _b2_3(d, m, hour):
+    # dispatch.rules:14: rule at_night
+    m.append('at_night')
+    d.tags += ('night',)
+    return False
+
+def _b2_4(d, m, hour):
+    # dispatch.rules:15: rule at_noon
+    m.append('at_noon')
+    d.tags += ('noon',)
+    return False
+
+def _b2_5(d, m, hour):
+    # dispatch.rules:16: rule at_one
+    m.append('at_one')
+    d.tags += ('one',)
+    return False
+
+def _b2_6(d, m, hour):
+    # dispatch.rules:17: rule at_two
+    m.append('at_two')
+    d.route = _K3
+    d.rule = 'at_two'
+    return True
+
+_D2 = {
+    0: _b2_0,
+    1: _b2_1,
+    2: _b2_2,
+    3: _b2_3,
+    12: _b2_4,
+    13: _b2_5,
+    14: _b2_6,
+}
+
+def decide(body, headers, key, path, method, ip, now):
+    _utc = _gmtime(now)
+    h_x_plan = headers.get('x-plan', "")
+    hour = _utc.tm_hour
+    model = body.get("model") or ""
+    stream = body.get("stream") is True
+    temperature = body.get("temperature")
+    d = _Decision()
+    m = d.matched = []
+    # dispatch.rules:4-8: rules 'alias_a' to 'alias_a_hot' dispatched on one field
+    b = _D1.get(model)
+    if b is not None and b(d, m, model, stream, temperature):
+        return d
+    # dispatch.rules:10: rule plan_free
+    if h_x_plan == 'free':
+        m.append('plan_free')
+        d.tags += ('free',)
+    # dispatch.rules:11: rule plan_pro
+    if h_x_plan == 'pro':
+        m.append('plan_pro')
+        d.tags += ('pro',)
+    # dispatch.rules:12: rule plan_team
+    if h_x_plan in {'team'}:
+        m.append('plan_team')
+        d.tags += ('team',)
+    # dispatch.rules:14-17: rules 'at_night' to 'at_two' dispatched on one field
+    b = _D2.get(hour)
+    if b is not None and b(d, m, hour):
+        return d
+    return _finish(d, body.get("model") or "")
