@@ -48,8 +48,3 @@ def test_check_and_compile(benchmark, corpus, which):
 def test_synthetic_policy_is_deterministic():
     assert synthetic_policy(100) == synthetic_policy(100)
     assert synthetic_policy(100, seed=1) != synthetic_policy(100)
-
-
-def test_whole_request_placeholder():
-    pytest.skip("phase 4, a whole request through the gateway: to be written with the gateway "
-                "(bench/test_whole_request.py, and `edgerules bench --gateway`)")

@@ -89,8 +89,6 @@ def _loop(fn, batches, seconds, progress, label) -> Rate:
 
 def run_bench(args) -> int:
     """edgerules bench PATH [--request FILE] [--seconds S] [--json] [--gateway]."""
-    if args.gateway:
-        return run_gateway_bench(args)
     if args.seconds <= 0:
         print("edgerules bench: --seconds must be above 0", file=sys.stderr)
         return 2
@@ -115,7 +113,18 @@ def run_bench(args) -> int:
         "results": {name: rate.to_dict() for name, rate in rates.items()},
         "ratio": round(rates["compiled"].per_second / rates["interpreter"].per_second, 2),
     }
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.gateway:
+        gateway = run_gateway_bench(args)
+        if gateway is None:
+            return 1
+        report["gateway"] = gateway
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+        if args.gateway:
+            from . import gatewaybench
+            print("\nWhole requests (ratios taken in one run):\n" + gatewaybench.render(report["gateway"]))
     return 0
 
 
@@ -135,11 +144,16 @@ def measure_engines(policy: Policy, calls: list[tuple], seconds: float, progress
     return rates
 
 
-def run_gateway_bench(args) -> int:
-    """Whole requests through the gateway: not written yet."""
-    print("edgerules bench: --gateway (whole requests through the gateway) is not available yet; "
-          "run without it to measure rule evaluation", file=sys.stderr)
-    return 2
+def run_gateway_bench(args) -> dict | None:
+    """Whole requests: direct to a fake upstream, a bare pass-through, and `edgerules serve`."""
+    from . import gatewaybench
+
+    seconds = max(1.0, float(args.seconds) * 3)
+    try:
+        return gatewaybench.run(args.path, seconds=seconds)
+    except RuntimeError as exc:
+        print(f"edgerules bench: the gateway benchmark could not start: {exc}", file=sys.stderr)
+        return None
 
 
 def read_requests(path: str) -> list[tuple[dict, dict, str]]:

@@ -101,11 +101,16 @@ def _wrk(url: str, body: bytes, connections: int, seconds: float) -> dict:
         f.write(_WRK_LUA.format(body=body.decode()))
     try:
         threads = min(2, connections)
-        out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency",
-                              "-s", f.name, url], capture_output=True, text=True, timeout=seconds + 60).stdout
+        whole = max(1, round(seconds))   # wrk takes whole seconds
+        done = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{whole}s", "--latency",
+                               "-s", f.name, url], capture_output=True, text=True, timeout=whole + 60)
     finally:
         os.unlink(f.name)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    out = done.stdout
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"wrk gave no figures: {(done.stderr or out).strip()[-500:]}")
+    rps = float(found.group(1))
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors += sum(int(x) for x in m.groups()) if m else 0
