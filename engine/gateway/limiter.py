@@ -1,0 +1,317 @@
+"""Limits on one storage URI: request rates in a moving window; token and cost budgets reserved at
+admission and reconciled with the real usage when the request ends."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import orjson
+from limits import RateLimitItemPerSecond
+from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+
+from ..schema import estimate_tokens
+from ..spec import LimitSpec, target_leaves
+from .errors import GatewayError
+from .router import resolve_model
+from .usage import ask_stream_usage
+
+log = logging.getLogger("edgerules.gateway")
+
+ENV_RESERVE = "EDGERULES_RESERVE_COMPLETION_TOKENS"
+DEFAULT_RESERVE = 256
+ENV_REDIS_POOL = "EDGERULES_REDIS_POOL"
+DEFAULT_REDIS_POOL = 64
+NANO_USD = 1_000_000_000     # cost budgets count nano-dollars: integer counters, exact enough
+_NANO_PER_PRICE = NANO_USD / 1_000_000   # a price is USD per 1M tokens
+_SAME_WINDOW = 1.5           # seconds of slack when matching a window's reset time (Redis TTLs are whole seconds)
+
+
+def async_uri(uri: str) -> str:
+    """The limits library's async form of a storage URI: `redis://h:p` -> `async+redis://h:p`."""
+    scheme, sep, _ = uri.partition("://")
+    if not sep or not scheme:
+        raise ValueError(f"state URI '{uri}' needs a scheme, e.g. memory:// or redis://HOST:PORT")
+    return uri if scheme.startswith("async+") else "async+" + uri
+
+
+def open_storage(state_uri: str) -> tuple:
+    """(limits storage, its Redis pool or None) for a state URI; errors come as limits' StorageError.
+
+    Redis goes through redis-py with a blocking pool of EDGERULES_REDIS_POOL connections: limits'
+    default async client (coredis) was seen to report an admitted hit as refused under a few
+    hundred concurrent calls, which breaks exact request limits.
+    """
+    uri = async_uri(state_uri)
+    pool = None
+    scheme = uri.partition("://")[0]
+    if scheme in ("async+redis", "async+rediss", "async+redis+unix"):
+        try:
+            from redis.asyncio import BlockingConnectionPool
+        except ImportError:
+            log.warning("redis-py is not installed: Redis limits use coredis")
+        else:
+            plain = uri.removeprefix("async+").replace("redis+unix://", "unix://", 1)
+            size = int(os.environ.get(ENV_REDIS_POOL, DEFAULT_REDIS_POOL))
+            pool = BlockingConnectionPool.from_url(plain, max_connections=size)
+    options = {"implementation": "redispy", "connection_pool": pool} if pool is not None else {}
+    return storage_from_string(uri, wrap_exceptions=True, **options), pool
+
+
+class Window(RateLimitItemPerSecond):
+    """A limit's window, keyed by the limit's stable id and `by` values only, so a reload that keeps
+    the limit's kind and window (even with a new amount) keeps what was already counted."""
+
+    def key_for(self, *identifiers: str) -> str:
+        return "/".join((self.namespace, *identifiers))
+
+
+@dataclass(slots=True)
+class Hold:
+    """Budget units taken at admission, to reconcile with the real usage in settle()."""
+
+    spec: LimitSpec
+    window: Window
+    ident: tuple[str, ...]
+    amount: int
+    reset: float      # the window's reset time when the hold was taken: refunds go to that window only
+
+
+class Limiter:
+    def __init__(self, state_uri: str, gw, *, completion_reserve: int | None = None):
+        self.gw = gw
+        self.storage, self._pool = open_storage(state_uri)
+        self.moving = MovingWindowRateLimiter(self.storage)
+        self.fixed = FixedWindowRateLimiter(self.storage)
+        if completion_reserve is None:
+            completion_reserve = int(os.environ.get(ENV_RESERVE, DEFAULT_RESERVE))
+        self.completion_reserve = completion_reserve
+        self._windows: dict[LimitSpec, Window] = {}
+
+    async def close(self) -> None:
+        self._windows.clear()
+        if self._pool is not None:
+            await self._pool.disconnect()
+
+    # ---- admission ---------------------------------------------------------------------
+
+    async def admit(self, call) -> None:
+        """Count the request against every limit it met; 429 or `else route` when one is full."""
+        holds: list[Hold] = []
+        rerouted = False
+        try:
+            for spec, values in call.decision.limits:
+                window, ident = self._window(spec), _ident(spec, values)
+                if spec.kind == "requests":
+                    admitted = await self.moving.hit(window, *ident)
+                else:
+                    if not holds:
+                        ask_stream_usage(call)   # the usage of a streamed answer reconciles budgets
+                    admitted = await self._hold(call, spec, window, ident, holds)
+                if admitted:
+                    continue
+                self.gw.metrics.limited[spec.rule] += 1
+                if spec.else_route is None:
+                    raise await self._refusal(call, spec, window, ident)
+                if not rerouted:   # the first full limit with `else route` picks the target
+                    call.target, rerouted = spec.else_route, True
+            call.extra_headers.update(await self._headers(call))
+        except StorageError as exc:
+            await self._release(holds)
+            log.error("limits storage failed: %s", exc)
+            raise GatewayError(503, "the limits storage is unavailable", code="limits_unavailable") from None
+        except BaseException:
+            await self._release(holds)
+            raise
+        call.admission = holds or None
+
+    async def _hold(self, call, spec: LimitSpec, window: Window, ident: tuple, holds: list) -> bool:
+        amount, least = self.estimate(call, spec)
+        if least < amount:
+            # The completion is a guess: hold no more than the room left, as long as the prompt fits.
+            room = window.amount - await self.storage.get(window.key_for(*ident))
+            amount = min(amount, max(least, room))
+        if await self.fixed.hit(window, *ident, cost=amount):
+            reset = await self.storage.get_expiry(window.key_for(*ident))
+            holds.append(Hold(spec, window, ident, amount, reset))
+            return True
+        await self.fixed.hit(window, *ident, cost=-amount)   # a refused hit still counted: take it back
+        return False
+
+    def estimate(self, call, spec: LimitSpec) -> tuple[int, int]:
+        """(units to hold, the least of them that must fit): the estimated prompt plus the completion
+        it may write; when the client set no max_tokens the completion part may shrink to the room left."""
+        prompt = estimate_tokens(call.body)
+        completion, guessed = self._completion_bound(call)
+        if spec.kind == "tokens":
+            held = prompt + completion
+        else:
+            price_in, price_out = self._max_price(call)
+            held = math.ceil((prompt * price_in + completion * price_out) * _NANO_PER_PRICE)
+            prompt = math.ceil(prompt * price_in * _NANO_PER_PRICE)
+        return held, (prompt if guessed else held)
+
+    def _completion_bound(self, call) -> tuple[int, bool]:
+        if call.kind != "chat":
+            return 0, False
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = call.body.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value, False
+        return self.completion_reserve, True
+
+    def _max_price(self, call) -> tuple[float, float]:
+        """The dearest price among the targets that may answer: the route is not known yet."""
+        requested = call.body.get("model") or ""
+        price_in = price_out = 0.0
+        for leaf in target_leaves(call.target):
+            provider = call.live.providers.get(leaf.provider)
+            price = provider.spec.price(resolve_model(leaf, requested)) if provider else None
+            if price is not None:
+                price_in, price_out = max(price_in, price.input), max(price_out, price.output)
+        return price_in, price_out
+
+    async def _release(self, holds: list[Hold]) -> None:
+        for hold in holds:
+            try:
+                await self._refund(hold, hold.amount)
+            except StorageError as exc:
+                log.error("limits storage failed while releasing a hold: %s", exc)
+
+    # ---- reconciliation ----------------------------------------------------------------
+
+    async def settle(self, call) -> None:
+        """Replace each hold by what the request really spent: nothing for cache hits and failures."""
+        holds, call.admission = call.admission, None
+        if not holds:
+            return
+        spent_nothing = call.status != 200 or call.cache == "HIT"
+        for hold in holds:
+            actual = 0 if spent_nothing else self.spent(call, hold)
+            if actual > hold.amount:
+                await self.fixed.hit(hold.window, *hold.ident, cost=actual - hold.amount)
+            elif actual < hold.amount:
+                await self._refund(hold, hold.amount - actual)
+
+    def spent(self, call, hold: Hold) -> int:
+        usage = call.usage
+        if not isinstance(usage, dict):
+            return hold.amount   # no usage came back (a client gone mid-stream): keep the estimate
+        prompt = _count(usage, "prompt_tokens", "input_tokens")
+        completion = _count(usage, "completion_tokens", "output_tokens")
+        if hold.spec.kind == "tokens":
+            return prompt + completion
+        provider_name, _, model = call.route.partition("/")
+        provider = call.live.providers.get(provider_name)
+        price = provider.spec.price(model) if provider is not None else None
+        if price is None:
+            return 0   # a model without a price costs nothing (`edgerules check` warns about it)
+        return math.ceil((prompt * price.input + completion * price.output) * _NANO_PER_PRICE)
+
+    async def _refund(self, hold: Hold, amount: int) -> None:
+        key = hold.window.key_for(*hold.ident)
+        # A window that ended took the hold with it; its successor owes nothing back.
+        if abs(await self.storage.get_expiry(key) - hold.reset) > _SAME_WINDOW:
+            return
+        counted = await self.storage.get(key)
+        if counted > 0:
+            await self.fixed.hit(hold.window, *hold.ident, cost=-min(amount, counted))
+
+    # ---- answers -----------------------------------------------------------------------
+
+    async def _refusal(self, call, spec: LimitSpec, window: Window, ident: tuple) -> GatewayError:
+        stats = await self._stats(spec, window, ident)
+        headers = await self._headers(call, refused=(spec, stats))
+        retry_after = max(1, math.ceil(stats[0] - time.time()))
+        headers["retry-after"] = str(retry_after)
+        call.extra_headers.update(headers)
+        return GatewayError(429, f"rate limit exceeded: rule '{spec.rule}' allows {_describe(spec)}; "
+                                 f"retry in {retry_after}s", code="rate_limit_exceeded", headers=headers)
+
+    async def _headers(self, call, refused: tuple | None = None) -> dict[str, str]:
+        """x-ratelimit-* of the tightest request limit and of the tightest token limit; a limit
+        that refused the request speaks for its kind."""
+        tightest: dict[str, tuple] = {}
+        for spec, values in call.decision.limits:
+            if spec.kind == "cost":
+                continue
+            if refused is not None and spec is refused[0]:
+                (reset, remaining), rank = refused[1], (-1, 0)
+            else:
+                reset, remaining = await self._stats(spec, self._window(spec), _ident(spec, values))
+                rank = (remaining, spec.amount)
+            best = tightest.get(spec.kind)
+            if best is None or rank < best[0]:
+                tightest[spec.kind] = (rank, spec.amount, remaining, reset)
+        now = time.time()
+        out = {}
+        for kind, (_, amount, remaining, reset) in tightest.items():
+            out[f"x-ratelimit-limit-{kind}"] = str(int(amount))
+            out[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(remaining)))
+            out[f"x-ratelimit-reset-{kind}"] = format_reset(max(0.0, reset - now))
+        return out
+
+    async def _stats(self, spec: LimitSpec, window: Window, ident: tuple) -> tuple[float, float]:
+        """(reset time, remaining) of one limit's counter."""
+        if spec.kind == "requests":
+            stats = await self.moving.get_window_stats(window, *ident)
+        else:
+            stats = await self.fixed.get_window_stats(window, *ident)
+        return stats.reset_time, stats.remaining
+
+    def _window(self, spec: LimitSpec) -> Window:
+        window = self._windows.get(spec)
+        if window is None:
+            if len(self._windows) > 4096:   # specs of old policy versions
+                self._windows.clear()
+            window = self._windows[spec] = Window(_units(spec), spec.window, namespace="edgerules")
+        return window
+
+
+def _units(spec: LimitSpec) -> int:
+    return round(spec.amount * NANO_USD) if spec.kind == "cost" else int(spec.amount)
+
+
+def _ident(spec: LimitSpec, values: tuple) -> tuple[str, ...]:
+    # The kind and window are in the key: Redis keeps a moving window as a list and a budget as a
+    # number, so a limit that changes shape must not meet its old counter.
+    by = orjson.dumps(list(values)).decode() if values else "*"
+    return (spec.id, f"{spec.kind}-{spec.window}s", by)
+
+
+def _count(usage: dict, *names: str) -> int:
+    for name in names:
+        value = usage.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return int(value)
+    return 0
+
+
+def _describe(spec: LimitSpec) -> str:
+    per = _window_text(spec.window)
+    if spec.kind == "cost":
+        return f"${spec.amount:g} per {per}"
+    return f"{int(spec.amount)} {spec.kind} per {per}"
+
+
+def _window_text(seconds: int) -> str:
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def format_reset(seconds: float) -> str:
+    """A duration as OpenAI writes its reset headers: `20ms`, `1.5s`, `6m0s`, `1h2m3s`."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{round(secs, 3):g}s"
+    if hours:
+        return f"{int(hours)}h{int(minutes)}m{text}"
+    return f"{int(minutes)}m{text}" if minutes else text
