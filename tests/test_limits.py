@@ -45,6 +45,11 @@ rule overflow {
     limit requests 2 per 1m else route cheap/echo
 }
 rule refunds      { when header("x-test") == "refunds"      limit tokens 500 per 1m }
+rule unpriced {
+    when header("x-test") == "unpriced"
+    limit cost 0.000001 per 1m
+    route cheap/echo
+}
 rule everything   { route up/m }
 """
 
@@ -284,3 +289,23 @@ def test_failed_upstream_calls_are_refunded(gateway, upstream):
     resp = gateway.post("/v1/chat/completions", json=body, headers={"x-test": "refunds"})
     assert resp.status_code == 200
     assert int(resp.headers["x-ratelimit-remaining-tokens"]) == 500 - hold
+
+
+def test_a_model_without_a_price_costs_nothing(gateway):
+    # cheap/echo has no price: each answer costs $0, so a one-micro-dollar budget never runs out.
+    for i in range(5):
+        resp = gateway.post("/v1/chat/completions", json=chat_body(f"free {i}"), headers={"x-test": "unpriced"})
+        assert resp.status_code == 200 and resp.headers["x-edgerules-route"] == "cheap/echo"
+
+
+def test_an_unreachable_redis_fails_closed(upstream, tmp_path):
+    text = POLICY.replace("{url}", upstream.url)
+    gw = start_gateway(text, tmp_path, "--no-watch", "--state", f"redis://127.0.0.1:{free_port()}")
+    try:
+        gw.http.headers["authorization"] = f"Bearer {ALICE}"
+        resp = gw.post("/v1/chat/completions", json=chat_body(), headers={"x-test": "burst"})
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "limits_unavailable"
+        resp = gw.post("/v1/chat/completions", json=chat_body())   # no limit met: no storage needed
+        assert resp.status_code == 200
+    finally:
+        gw.stop()

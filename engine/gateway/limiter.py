@@ -109,8 +109,7 @@ class Limiter:
                 if spec.kind == "requests":
                     admitted = await self.moving.hit(window, *ident)
                 else:
-                    if not holds:
-                        ask_stream_usage(call)   # the usage of a streamed answer reconciles budgets
+                    ask_stream_usage(call)   # the usage of a streamed answer reconciles budgets
                     admitted = await self._hold(call, spec, window, ident, holds)
                 if admitted:
                     continue
