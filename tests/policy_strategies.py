@@ -1,10 +1,12 @@
 """Hypothesis strategies for well-formed policies (as rule-language text) and for requests.
 
 Policies draw from small pools of values so that random requests often match their rules;
-every policy these strategies produce must load without errors (warnings are fine).
+every policy these strategies produce must load without errors (warnings are fine). Strategy
+factories are cached: hypothesis validates a strategy object once, not at every draw.
 """
 from __future__ import annotations
 
+import functools
 import json
 import random
 
@@ -59,6 +61,7 @@ def number_text(value) -> str:
 
 # ---- expressions ----------------------------------------------------------------------------
 
+@functools.cache
 def string_fields():
     return st.one_of(
         st.sampled_from(STRING_FIELDS),
@@ -68,6 +71,7 @@ def string_fields():
     )
 
 
+@functools.cache
 def string_conditions():
     field = string_fields()
     lit = st.sampled_from(STRINGS).map(quote)
@@ -83,6 +87,7 @@ def string_conditions():
     )
 
 
+@functools.cache
 def number_conditions():
     field = st.sampled_from(NUMBER_FIELDS)
     lit = st.sampled_from(NUMBERS).map(number_text)
@@ -96,6 +101,7 @@ def number_conditions():
     )
 
 
+@functools.cache
 def bool_conditions():
     return st.sampled_from((
         "stream", "not stream", "stream == true", "stream != false", "false == stream",
@@ -104,6 +110,7 @@ def bool_conditions():
     ))
 
 
+@functools.cache
 def conditions(max_depth: int = 3):
     leaf = st.one_of(string_conditions(), number_conditions(), bool_conditions())
     return st.recursive(
@@ -119,6 +126,7 @@ def conditions(max_depth: int = 3):
     )
 
 
+@functools.cache
 def by_values():
     value = st.one_of(string_fields(), st.sampled_from(NUMBER_FIELDS), st.just("stream"),
                       number_conditions(), string_conditions())
@@ -127,6 +135,7 @@ def by_values():
 
 # ---- targets --------------------------------------------------------------------------------
 
+@functools.cache
 def single_targets():
     model = st.sampled_from(("gpt-4o", "gpt-4o-mini", "echo", "llama3", "claude-sonnet-4", "m.1"))
     return st.one_of(
@@ -138,6 +147,7 @@ def single_targets():
     )
 
 
+@functools.cache
 def _weights(n: int):
     return st.lists(st.integers(1, 97), min_size=n - 1, max_size=n - 1).filter(
         lambda ws: sum(ws) < 100).map(lambda ws: ws + [100 - sum(ws)])
@@ -150,6 +160,7 @@ def _split(members, by=st.just("")):
         lambda t: ("split [" + ", ".join(f"{w}% {m}" for m, w in zip(*t[0])) + "] " + t[1]).rstrip())
 
 
+@functools.cache
 def targets(sticky: bool = True):
     """Targets of every shape. Only a top-level split is sticky: inside a list, `by a, b`
     would swallow the list's next member."""
@@ -168,6 +179,7 @@ def targets(sticky: bool = True):
 
 # ---- actions and rules ----------------------------------------------------------------------
 
+@functools.cache
 def limits():
     amount = st.one_of(st.integers(1, 100_000).map(str), st.just("100_000"))
     return st.tuples(
@@ -177,6 +189,7 @@ def limits():
     ).map(lambda t: " ".join(x for x in ("limit", t[0], t[1], "per", *t[2:]) if x))
 
 
+@functools.cache
 def retries():
     backoff = st.tuples(st.sampled_from(("constant", "linear", "exponential")),
                         st.sampled_from(SHORT_DURATIONS)).map(lambda t: f"backoff {t[0]} {t[1]}")
@@ -188,6 +201,7 @@ def retries():
         lambda t: " ".join([f"retry {t[0]}", *t[1]]))
 
 
+@functools.cache
 def settings_actions():
     return st.one_of(
         limits(),
@@ -202,6 +216,7 @@ def settings_actions():
     )
 
 
+@functools.cache
 def terminal_actions():
     status = st.sampled_from((400, 401, 403, 404, 413, 429, 451, 500, 503, 599))
     return st.one_of(
@@ -211,6 +226,7 @@ def terminal_actions():
     )
 
 
+@functools.cache
 def rule_bodies():
     """A list of actions: settings, then at most one terminal action at the end."""
     return st.tuples(st.lists(settings_actions(), max_size=3),
@@ -218,6 +234,7 @@ def rule_bodies():
         lambda t: t[0] or t[1]).map(lambda t: t[0] + ([t[1]] if t[1] else []))
 
 
+@functools.cache
 def dispatch_conditions(field: str, values):
     """`field == v` or `field in [...]`, optionally `and` a further condition."""
     lit = st.sampled_from(values)
@@ -309,6 +326,7 @@ def random_request(rng: random.Random) -> tuple:
             rng.choice((0.0, 1.5, 86_399.0, 1_700_000_000.0, rng.uniform(0, 2e9))))
 
 
+@functools.cache
 def requests():
     """The same requests as random_request, as a strategy that shrinks."""
     return st.randoms(use_true_random=False).map(random_request)

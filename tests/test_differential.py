@@ -12,8 +12,8 @@ from engine.policy import build_policy
 from engine.source import Source
 from policy_strategies import ENV, MODELS, policies, random_request, requests
 
-REQUESTS_PER_POLICY = 120
-SETTINGS = settings(max_examples=120, deadline=None, derandomize=False,
+REQUESTS_PER_POLICY = 100
+SETTINGS = settings(max_examples=200, deadline=None, derandomize=False,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -44,7 +44,7 @@ def test_compiled_equals_interpreted(text, some, seed):
         assert_same(policy, text, random_request(rng))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=policies(max_groups=3), seed=st.integers(0, 2**32))
 def test_decide_validates_then_agrees(text, seed):
     """Policy.decide with either engine: same answer, headers matched case-insensitively."""
