@@ -13,6 +13,7 @@ import openai
 import orjson
 import pytest
 
+from engine.gateway.limiter import async_uri, format_reset
 from engine.schema import estimate_tokens
 from gw import start_gateway
 from procs import Process, free_port, start_upstream
@@ -309,3 +310,20 @@ def test_an_unreachable_redis_fails_closed(upstream, tmp_path):
         assert resp.status_code == 200
     finally:
         gw.stop()
+
+
+# ---- small pieces ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seconds, text", [(0.0204, "20ms"), (1.5, "1.5s"), (59.9996, "1m0s"),
+                                           (360, "6m0s"), (3723.25, "1h2m3.25s"), (86399.9996, "24h0m0s")])
+def test_reset_headers_read_like_openai(seconds, text):
+    assert format_reset(seconds) == text
+
+
+@pytest.mark.parametrize("uri, expected", [("memory://", "async+memory://"),
+                                           ("redis://10.0.0.5:6379/2", "async+redis://10.0.0.5:6379/2"),
+                                           ("async+redis://h:1", "async+redis://h:1")])
+def test_state_uris_get_the_async_prefix(uri, expected):
+    assert async_uri(uri) == expected
+    with pytest.raises(ValueError, match="needs a scheme"):
+        async_uri("localhost:6379")

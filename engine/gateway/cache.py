@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import time
+import weakref
 from dataclasses import dataclass
 
 import orjson
@@ -114,7 +115,11 @@ class ResponseCache:
             entry = self._entry(call, response.body) if response.status_code == 200 else None
             self._finish(key, done, entry, no_store)
             return response
-        response.body_iterator = self._watch(call, response.body_iterator, assembler, key, done, no_store)
+        watched = self._watch(call, response.body_iterator, assembler, key, done, no_store)
+        # A stream the server never starts (its client left first) never runs its `finally`:
+        # the followers must not wait on it until their deadline.
+        weakref.finalize(watched, self._resolve, key, done, None)
+        response.body_iterator = watched
         return response
 
     async def _watch(self, call, events, assembler: StreamAssembler | None, key, done, no_store: bool):

@@ -306,11 +306,12 @@ def _window_text(seconds: int) -> str:
 
 def format_reset(seconds: float) -> str:
     """A duration as OpenAI writes its reset headers: `20ms`, `1.5s`, `6m0s`, `1h2m3s`."""
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    text = f"{round(secs, 3):g}s"
+    millis = max(0, round(seconds * 1000))
+    if millis < 1000:
+        return f"{millis}ms"
+    minutes, millis = divmod(millis, 60_000)
+    hours, minutes = divmod(minutes, 60)
+    text = f"{millis / 1000:g}s"
     if hours:
-        return f"{int(hours)}h{int(minutes)}m{text}"
-    return f"{int(minutes)}m{text}" if minutes else text
+        return f"{hours}h{minutes}m{text}"
+    return f"{minutes}m{text}" if minutes else text
