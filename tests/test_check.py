@@ -432,3 +432,17 @@ def test_checked_targets_and_prices():
                                           Single("p", None)), False, 1)
     assert policy.providers["p"].price("o1:2024") == Price(15.0, 60.0)
     assert policy.providers["p"].price("other") is None
+
+
+def test_every_diagnostic_code_is_documented_in_the_guide():
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    text = "\n".join(p.read_text() for p in (root / "engine").glob("*.py"))
+    codes = set(re.findall(r'(?:error|warn)\(\s*"([a-z0-9-]+)"', text))
+    codes |= set(re.findall(r'Diagnostic\(\s*"([a-z0-9-]+)"', text))
+    codes |= {f"duplicate-{kind}" for kind in ("rule", "provider", "key")}
+    assert {"syntax", "unknown-field", "missing-env", "unreachable-rule"} <= codes
+    guide = (root / "docs" / "language.md").read_text()
+    missing = sorted(c for c in codes if f"`{c}`" not in guide)
+    assert not missing, f"docs/language.md does not document {missing}"
