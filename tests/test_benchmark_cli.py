@@ -91,10 +91,16 @@ def test_bench_rejects_a_bad_request_file(tmp_path, content, message):
     assert message in proc.stderr
 
 
-def test_bench_gateway_is_not_available_yet():
-    proc = bench("rules/", "--gateway")
-    assert proc.returncode == 2
-    assert "not available yet" in proc.stderr
+def test_gateway_bench_measures_all_three_targets_in_one_run():
+    from engine import gatewaybench
+
+    result = gatewaybench.run("rules/", seconds=1, connections=(2,), modes=("json",), progress=lambda m: None)
+    figures = {f["target"]: f for f in result["figures"]}
+    assert set(figures) == {"direct", "passthrough", "edgerules"}
+    assert all(f["rps"] > 0 and f["errors"] == 0 for f in figures.values())
+    (ratio,) = result["ratios"]
+    assert ratio["edgerules_vs_passthrough"] > 0
+    assert "| json | 2 | edgerules |" in gatewaybench.render(result)
 
 
 # ---- the pieces, in process ----------------------------------------------------------------
