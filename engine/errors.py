@@ -45,7 +45,9 @@ class Diagnostic:
             width = max(1, (loc.end_column or loc.column + 1) - loc.column)
             gutter = " " * len(str(loc.line))
             out.append(f"  {loc.line} | {text}")
-            out.append(f"  {gutter} | {' ' * (loc.column - 1)}{'^' * width}")
+            # Tabs kept as tabs, so the caret lines up however wide the terminal shows them.
+            pad = "".join("\t" if c == "\t" else " " for c in text[: loc.column - 1])
+            out.append(f"  {gutter} | {pad}{'^' * width}")
         if self.hint:
             out.append(f"  hint: {self.hint}")
         return "\n".join(out)
