@@ -446,3 +446,9 @@ def test_every_diagnostic_code_is_documented_in_the_guide():
     guide = (root / "docs" / "language.md").read_text()
     missing = sorted(c for c in codes if f"`{c}`" not in guide)
     assert not missing, f"docs/language.md does not document {missing}"
+
+
+def test_caret_lines_up_under_tab_indented_code():
+    with pytest.raises(PolicyError) as info:
+        load(DEMO + 'rule r {\n\twhen modle == "x"\n\troute demo\n}\n')
+    assert str(info.value).splitlines()[1:3] == ['  3 | \twhen modle == "x"', "    | \t     ^^^^^"]
