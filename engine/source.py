@@ -23,5 +23,7 @@ class Source:
     text: str
 
     def line_text(self, line: int) -> str:
-        lines = self.text.splitlines()
-        return lines[line - 1] if 0 < line <= len(lines) else ""
+        # Only "\n" ends a line, as for the parser: splitlines() would also split on form
+        # feeds and U+2028 inside comments or strings, and show the wrong line.
+        lines = self.text.split("\n")
+        return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
