@@ -452,3 +452,14 @@ def test_caret_lines_up_under_tab_indented_code():
     with pytest.raises(PolicyError) as info:
         load(DEMO + 'rule r {\n\twhen modle == "x"\n\troute demo\n}\n')
     assert str(info.value).splitlines()[1:3] == ['  3 | \twhen modle == "x"', "    | \t     ^^^^^"]
+
+
+def test_shown_line_is_the_reported_line_whatever_separators_the_file_holds():
+    text = 'provider demo { format echo } # a\u2028b \x0c feed\r\nrule r {\r\n    when modle == "x"\r\n    route demo\r\n}\r\n'
+    with pytest.raises(PolicyError) as info:
+        load(text)
+    assert str(info.value).splitlines()[:3] == [
+        "t.rules:3:10: error[unknown-field]: unknown field 'modle'",
+        '  3 |     when modle == "x"',
+        "    |          ^^^^^",
+    ]
