@@ -256,3 +256,26 @@ def test_circuit_state_survives_a_reload(tmp_path):
         assert gw.http.get("/admin/policy").json()["health"]["down"]["open"] is True
     finally:
         gw.stop()
+
+
+def test_a_half_used_limit_is_still_half_used_after_a_reload(tmp_path):
+    d = tmp_path / "rules"
+    d.mkdir()
+    text = ('provider demo {{ format echo }}\n{extra}'
+            'rule capped {{ limit requests 4 per 1m route demo/echo }}\n')
+    (d / "p.rules").write_text(text.format(extra=""))
+    gw = start_gateway(d, d, "--no-watch")
+    try:
+        for _ in range(2):
+            assert gw.chat("m").status_code == 200
+        before = gw.chat("m")
+        assert before.headers["x-ratelimit-remaining-requests"] == "1"
+        (d / "p.rules").write_text(text.format(extra='rule unrelated { when model == "x" deny 403 "no" }\n'))
+        assert gw.post("/admin/reload").json()["changed"] is True
+        after = gw.chat("m")
+        assert after.status_code == 200 and after.headers["x-edgerules-policy"] != before.headers["x-edgerules-policy"]
+        assert after.headers["x-ratelimit-remaining-requests"] == "0"
+        refused = gw.chat("m")
+        assert refused.status_code == 429 and "capped" in refused.json()["error"]["message"]
+    finally:
+        gw.stop()
