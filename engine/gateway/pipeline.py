@@ -51,6 +51,19 @@ class Call:
     # how usage is read from streams and how a streamed answer is assembled for the cache.
     tap: object = None
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        d = self.decision
+        out = [
+            (b"x-edgerules-route", _header_safe(self.route).encode("latin-1")),
+            (b"x-edgerules-attempts", str(self.attempts).encode()),
+            (b"x-edgerules-cache", self.cache.encode()),
+            (b"x-edgerules-policy", self.live.policy.version.encode()),
+            (b"x-edgerules-rules", ",".join(d.matched).encode()),
+        ]
+        for name, value in self.extra_headers.items():
+            out.append((name.lower().encode("latin-1"), _header_safe(str(value)).encode("latin-1")))
+        return out
+
     def headers(self) -> dict[str, str]:
         d = self.decision
         out = {

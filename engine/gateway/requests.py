@@ -21,8 +21,7 @@ def parse_size(text: str) -> int:
     return int(float(digits) * _UNITS[unit])
 
 
-async def read_json(request: Request, limit: int) -> dict:
-    length = request.headers.get("content-length")
+async def read_json(request: Request, limit: int, length: str | None = None) -> dict:
     if length is not None:
         if not length.isdigit():
             raise GatewayError(400, "the Content-Length header is not a number", code="invalid_request")

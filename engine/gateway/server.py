@@ -52,15 +52,16 @@ async def _handle(request: Request, kind: str) -> Response:
     gw: Gateway = request.app.state.gw
     live = gw.begin()
     call: Call | None = None
-    headers = request.headers
+    scope = request.scope
+    headers = header_dict(scope)
     try:
         key = live.keyring.authenticate(headers.get("authorization"))
-        body = await read_json(request, gw.max_body)
+        body = await read_json(request, gw.max_body, headers.get("content-length"))
         (validate_chat if kind == "chat" else validate_embeddings)(body)
         validate_metadata(headers)
-        client = request.client.host if request.client else ""
-        decision = live.policy.evaluate(body, headers, key, request.url.path, request.method, client,
-                                        time.time())
+        client = scope.get("client")
+        decision = live.policy.evaluate(body, headers, key, scope["path"], scope["method"],
+                                        client[0] if client else "", time.time())
         started = time.monotonic()
         call = Call(kind, body, kind == "chat" and body.get("stream") is True, key, live, decision,
                     decision.route, started, started + decision.deadline)
@@ -81,10 +82,16 @@ async def _handle(request: Request, kind: str) -> Response:
     except Exception:
         log.exception("unexpected error while handling a request")
         return await _fail(gw, live, call, GatewayError(500, "internal gateway error", code="internal_error"))
-    response.headers.update(call.headers())
+    # Appended as raw bytes: MutableHeaders.update would rescan the list for every name.
+    response.raw_headers.extend(call.raw_headers())
     if not getattr(response, "body_iterator", None):
         await gw.finish(call)   # a stream finishes when its last event is sent
     return response
+
+
+def header_dict(scope) -> dict[str, str]:
+    """The request headers as a plain dict (names arrive lowercased); the first of a repeated name wins."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
 
 
 async def _fail(gw: Gateway, live, call: Call | None, err: GatewayError) -> Response:
