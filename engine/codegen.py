@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from . import ast
 from .check import CheckedAction, CheckedPolicy, CheckedRule
-from .schema import DECIDE_ARGS, FIELDS, METADATA_HEADER, extractor
+from .schema import DECIDE_ARGS, FIELDS, METADATA_HEADER, extractor, memo_search
 from .source import Location
 
 # Consecutive rules that test the same field with == or `in` are dispatched through a dict once
@@ -28,6 +28,15 @@ class Generated:
     source: str
     constants: dict[str, object]
     line_map: dict[int, Location] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Dispatch:
+    table: str
+    params: list
+    first: CheckedRule
+    last: CheckedRule
+    fields: set
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,8 @@ class _Writer:
         self.locals: dict[tuple, str] = {}
         self.nullable: set[str] = set()
         self.tables = 0
+        self.extracted: set = set()
+        self._matchers: dict[str, object] = {}
 
     # ---- output ---------------------------------------------------------------------------
 
@@ -82,15 +93,15 @@ class _Writer:
                 body.append(("rule", group))
         self.emit(0, "")
         self.emit(0, f"def decide({', '.join(DECIDE_ARGS)}):")
-        self._prologue()
         self.emit(1, "d = _Decision()")
         self.emit(1, "m = d.matched = []")
         ended = False
         for kind, item in body:
+            self._extract(item.fields if kind == "dispatch" else _keys_of(item))
             if kind == "rule":
                 ended = self._rule(item, 1, "return d")
             else:
-                table, params, first, last = item
+                table, params, first, last = item.table, item.params, item.first, item.last
                 self.emit(1, f"# {_file(first.loc)}:{first.loc.line}-{last.loc.line}: rules "
                              f"'{first.name}' to '{last.name}' dispatched on one field")
                 key_local = params[0]
@@ -131,14 +142,21 @@ class _Writer:
             if FIELDS[name].nullable:
                 self.nullable.add(local)
 
-    def _prologue(self) -> None:
-        names = {k[0] for k in self.locals}
-        if "metadata" in names:
-            self.emit(1, f"_meta = _parse_metadata(headers.get({METADATA_HEADER!r}))")
-        if names & {"hour", "weekday"}:
-            self.emit(1, "_utc = _gmtime(now)")
-        for key, local in self.locals.items():
-            code = extractor(*key).code
+    def _extract(self, keys) -> None:
+        """Read each field just before the first rule that needs it: a walk that ends early
+        never pays for the fields only later rules read (token estimates, metadata, the clock)."""
+        for key in sorted(keys, key=lambda k: (k[0], k[1] or "")):
+            if key in self.extracted:
+                continue
+            self.extracted.add(key)
+            name = key[0]
+            if name == "metadata" and "_meta" not in self.extracted:
+                self.extracted.add("_meta")
+                self.emit(1, f"_meta = _parse_metadata(headers.get({METADATA_HEADER!r}))")
+            if name in ("hour", "weekday") and "_utc" not in self.extracted:
+                self.extracted.add("_utc")
+                self.emit(1, "_utc = _gmtime(now)")
+            local, code = self.locals[key], extractor(*key).code
             if code != local:
                 self.emit(1, f"{local} = {code}")
 
@@ -177,23 +195,28 @@ class _Writer:
                 if not any(r is rule for r, _ in bucket):
                     bucket.append((rule, key.rest))
         entries = []
-        for i, (value, members) in enumerate(buckets.items()):
-            fn = f"_b{self.tables}_{i}"
-            self.emit(0, "")
-            self.emit(0, f"def {fn}(d, m, {', '.join(params)}):")
-            ended = False
-            for rule, rest in members:
-                ended = self._rule(rule, 1, "return True", when=rest)
-                if ended:
-                    break
-            if not ended:
-                self.emit(1, "return False")
+        shared: dict[tuple, str] = {}   # values whose rules are the same share one function
+        for value, members in buckets.items():
+            ident = tuple(id(rule) for rule, _ in members)
+            fn = shared.get(ident)
+            if fn is None:
+                fn = shared[ident] = f"_b{self.tables}_{len(shared)}"
+                self.emit(0, "")
+                self.emit(0, f"def {fn}(d, m, {', '.join(params)}):")
+                ended = False
+                for rule, rest in members:
+                    ended = self._rule(rule, 1, "return True", when=rest)
+                    if ended:
+                        break
+                if not ended:
+                    self.emit(1, "return False")
             entries.append(f"    {value!r}: {fn},")
         self.emit(0, "")
         self.emit(0, f"{table} = {{")
         self.lines.extend(entries)
         self.emit(0, "}")
-        return table, params, run[0], run[-1]
+        fields = {key for rule in run for key in _keys_of(rule)}
+        return _Dispatch(table, params, run[0], run[-1], fields)
 
     # ---- one rule -------------------------------------------------------------------------
 
@@ -275,8 +298,10 @@ class _Writer:
                 core = f"{left} {op} {{{values}}}"
             needs_guard = op == "not in"
         elif op == "matches":
-            pattern = self.policy.regexes[e.right.value]
-            core = f"{self.const(pattern, '_R')}.search({left}) is not None"
+            matcher = self._matchers.get(e.right.value)
+            if matcher is None:
+                matcher = self._matchers[e.right.value] = memo_search(self.policy.regexes[e.right.value])
+            core = f"{self.const(matcher, '_R')}({left})"
             needs_guard = False
         elif op == "contains":
             core = f"{self.expr(e.right)} in {left}"
@@ -316,6 +341,10 @@ def _index_key(expr: ast.Expr | None) -> _IndexKey | None:
     if first.op == "in" and isinstance(first.right, ast.ListLit) and first.right.items:
         return _IndexKey(first.left.key, tuple(dict.fromkeys(i.value for i in first.right.items)), rest)
     return None
+
+
+def _keys_of(rule: CheckedRule) -> set:
+    return {f.key for expr in _rule_exprs(rule) for f in _fields(expr)}
 
 
 def _rule_exprs(rule: CheckedRule):

@@ -1,6 +1,7 @@
 """load_policy(), Policy.decide() and the policy's version hash."""
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import time
@@ -57,6 +58,18 @@ def load_policy(path: str | os.PathLike, env: Mapping[str, str] | None = None) -
 
 
 def build_policy(sources: list[Source], env: Mapping[str, str] | None = None, path: str = "") -> "Policy":
+    # A load allocates millions of small objects and frees none of them until it ends: the cyclic
+    # collector would only rescan them (about half the time of a 10,000-rule load).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build(sources, env, path)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build(sources: list[Source], env: Mapping[str, str] | None, path: str) -> "Policy":
     by_name = {s.name: s for s in sources}
     program, diagnostics = None, []
     for source in sources:

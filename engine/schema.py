@@ -59,25 +59,42 @@ def estimate_tokens(body: dict) -> int:
     """A cheap estimate of prompt tokens: about four characters a token, plus framing."""
     chars, count = 0, 0
     messages = body.get("messages")
-    if isinstance(messages, list):
+    if messages.__class__ is list:
+        count = len(messages)
         for msg in messages:
-            count += 1
-            content = msg.get("content") if isinstance(msg, dict) else None
-            if isinstance(content, str):
+            content = msg.get("content") if msg.__class__ is dict else None
+            if content.__class__ is str:
                 chars += len(content)
-            elif isinstance(content, list):
+            elif content.__class__ is list:
                 for part in content:
                     if isinstance(part, dict) and isinstance(part.get("text"), str):
                         chars += len(part["text"])
-    inp = body.get("input")
-    if isinstance(inp, str):
-        chars += len(inp)
-    elif isinstance(inp, list):
-        chars += sum(len(x) for x in inp if isinstance(x, str))
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        chars += len(prompt)
+    if "input" in body:
+        inp = body["input"]
+        if isinstance(inp, str):
+            chars += len(inp)
+        elif isinstance(inp, list):
+            chars += sum(len(x) for x in inp if isinstance(x, str))
+    if "prompt" in body and isinstance(body["prompt"], str):
+        chars += len(body["prompt"])
     return (chars + 3) // 4 + 3 * count
+
+
+def memo_search(pattern, size: int = 4096):
+    """pattern.search(text) is not None, remembered per text: the same few models and header
+    values recur, and a dict lookup costs a fraction of a call into RE2."""
+    cache: dict[str, bool] = {}
+    search = pattern.search
+
+    def matches(text: str) -> bool:
+        hit = cache.get(text)
+        if hit is None:
+            hit = search(text) is not None
+            if len(cache) >= size:
+                cache.clear()
+            cache[text] = hit
+        return hit
+    return matches
 
 
 def parse_metadata(raw: str | None) -> dict[str, str]:

@@ -2,28 +2,24 @@
 # Runtime helpers: _Decision, _finish, _estimate_tokens, _count_messages, _parse_metadata, _gmtime; constants _K*, patterns _R*, dispatch _D*.
 
 def decide(body, headers, key, path, method, ip, now):
-    _meta = _parse_metadata(headers.get('x-edgerules-metadata'))
-    _utc = _gmtime(now)
-    h_x_client = headers.get('x-client', "")
-    h_x_tenant = headers.get('x-tenant', "")
-    hour = _utc.tm_hour
-    input_tokens = _estimate_tokens(body)
-    max_tokens = body.get("max_tokens")
-    md_team = _meta.get('team', "")
-    md_tier = _meta.get('tier', "")
-    model = body.get("model") or ""
-    stream = body.get("stream") is True
-    temperature = body.get("temperature")
-    user = body.get("user") or ""
-    weekday = _utc.tm_wday
     d = _Decision()
     m = d.matched = []
+    h_x_client = headers.get('x-client', "")
+    input_tokens = _estimate_tokens(body)
+    stream = body.get("stream") is True
     # actions.rules:5: rule guard
     if (input_tokens > 32000) or ((h_x_client == 'batch') and stream):
         m.append('guard')
         d.deny = (413, 'prompt is larger than 32k tokens')
         d.rule = 'guard'
         return d
+    _utc = _gmtime(now)
+    hour = _utc.tm_hour
+    _meta = _parse_metadata(headers.get('x-edgerules-metadata'))
+    md_team = _meta.get('team', "")
+    md_tier = _meta.get('tier', "")
+    user = body.get("user") or ""
+    weekday = _utc.tm_wday
     # actions.rules:10: rule tiers
     if (md_tier in {'free', 'trial'}) and (not ((hour >= 8) and (hour < 18))) and (weekday != 6):
         m.append('tiers')
@@ -32,6 +28,10 @@ def decide(body, headers, key, path, method, ip, now):
         d.limits += ((_K2, (md_team,)),)
         d.tags += ('free',)
         d.log = 'full'
+    h_x_tenant = headers.get('x-tenant', "")
+    max_tokens = body.get("max_tokens")
+    model = body.get("model") or ""
+    temperature = body.get("temperature")
     # actions.rules:19: rule settings
     if (temperature == 0) and (max_tokens is not None and max_tokens != 100) and (temperature is not None and temperature not in {0.5}):
         m.append('settings')
@@ -41,7 +41,7 @@ def decide(body, headers, key, path, method, ip, now):
         d.timeout = 20.0
         d.deadline = 60.0
     # actions.rules:27: rule patterns
-    if (_R5.search(model) is not None) and ('bot' in user) and (path.startswith('/v1/')) and (ip.endswith('.1')):
+    if (_R5(model)) and ('bot' in user) and (path.startswith('/v1/')) and (ip.endswith('.1')):
         m.append('patterns')
         d.cache = _K6
         d.cache_by = ()

@@ -43,36 +43,18 @@ def _b2_0(d, m, hour):
     return False
 
 def _b2_1(d, m, hour):
-    # dispatch.rules:14: rule at_night
-    m.append('at_night')
-    d.tags += ('night',)
-    return False
-
-def _b2_2(d, m, hour):
-    # dispatch.rules:14: rule at_night
-    m.append('at_night')
-    d.tags += ('night',)
-    return False
-
-def _b2_3(d, m, hour):
-    # dispatch.rules:14: rule at_night
-    m.append('at_night')
-    d.tags += ('night',)
-    return False
-
-def _b2_4(d, m, hour):
     # dispatch.rules:15: rule at_noon
     m.append('at_noon')
     d.tags += ('noon',)
     return False
 
-def _b2_5(d, m, hour):
+def _b2_2(d, m, hour):
     # dispatch.rules:16: rule at_one
     m.append('at_one')
     d.tags += ('one',)
     return False
 
-def _b2_6(d, m, hour):
+def _b2_3(d, m, hour):
     # dispatch.rules:17: rule at_two
     m.append('at_two')
     d.route = _K3
@@ -81,27 +63,25 @@ def _b2_6(d, m, hour):
 
 _D2 = {
     0: _b2_0,
-    1: _b2_1,
-    2: _b2_2,
-    3: _b2_3,
-    12: _b2_4,
-    13: _b2_5,
-    14: _b2_6,
+    1: _b2_0,
+    2: _b2_0,
+    3: _b2_0,
+    12: _b2_1,
+    13: _b2_2,
+    14: _b2_3,
 }
 
 def decide(body, headers, key, path, method, ip, now):
-    _utc = _gmtime(now)
-    h_x_plan = headers.get('x-plan', "")
-    hour = _utc.tm_hour
+    d = _Decision()
+    m = d.matched = []
     model = body.get("model") or ""
     stream = body.get("stream") is True
     temperature = body.get("temperature")
-    d = _Decision()
-    m = d.matched = []
     # dispatch.rules:4-8: rules 'alias_a' to 'alias_a_hot' dispatched on one field
     b = _D1.get(model)
     if b is not None and b(d, m, model, stream, temperature):
         return d
+    h_x_plan = headers.get('x-plan', "")
     # dispatch.rules:10: rule plan_free
     if h_x_plan == 'free':
         m.append('plan_free')
@@ -114,6 +94,8 @@ def decide(body, headers, key, path, method, ip, now):
     if h_x_plan in {'team'}:
         m.append('plan_team')
         d.tags += ('team',)
+    _utc = _gmtime(now)
+    hour = _utc.tm_hour
     # dispatch.rules:14-17: rules 'at_night' to 'at_two' dispatched on one field
     b = _D2.get(hour)
     if b is not None and b(d, m, hour):
