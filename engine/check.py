@@ -43,6 +43,14 @@ class CheckedAction:
     def terminal(self) -> bool:
         return self.kind in ("deny", "route")
 
+    def targets(self) -> list:
+        """The target trees this action can send a request to: its route, or a limit's else."""
+        if self.kind == "route":
+            return [self.value]
+        if self.kind == "limit" and self.value.else_route is not None:
+            return [self.value.else_route]
+        return []
+
 
 @dataclass(frozen=True, slots=True)
 class CheckedRule:
@@ -332,10 +340,7 @@ class _Checker:
         warned = set()
         for rule in rules:
             for a in rule.actions:
-                targets = [a.value] if a.kind == "route" else []
-                if a.kind == "limit" and a.value.else_route is not None:
-                    targets.append(a.value.else_route)
-                for target in targets:
+                for target in a.targets():
                     for leaf in target_leaves(target):
                         provider = self.providers.get(leaf.provider)
                         name = f"{leaf.provider}/{leaf.model}"

@@ -128,10 +128,7 @@ class Policy:
         seen: dict[str, None] = {}
         for rule in self.checked.rules:
             for a in rule.actions:
-                targets = [a.value] if a.kind == "route" else []
-                if a.kind == "limit" and a.value.else_route is not None:
-                    targets.append(a.value.else_route)
-                for target in targets:
+                for target in a.targets():
                     for leaf in target_leaves(target):
                         seen[_model_id(leaf)] = None
         return list(seen)

@@ -19,7 +19,6 @@ from engine.gateway.replay import StreamAssembler, stream_events
 from engine.gateway.state import Gateway, Live
 from engine.policy import load_policy
 from gw import start_gateway
-from procs import start_upstream
 
 POLICY = """
 provider up { url "{url}" }
@@ -35,12 +34,6 @@ rule counted {
 rule denied  { when header("x-deny") == "1" deny 403 "denied by the test policy" }
 rule everything { route up/m }
 """
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with start_upstream() as up:
-        yield up
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import openai
 import pytest
 
 from gw import start_gateway
-from procs import start_upstream
 
 POLICY = """
 provider up { url "{url}" api_key "sk-upstream-canary" }
@@ -24,12 +23,6 @@ rule tagged {
     tag "search"
 }
 """
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with start_upstream() as up:
-        yield up
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import openai
 import pytest
 
 from gw import start_gateway
-from procs import start_upstream
 
 KEY_CANARY = "gw-key-CANARY-7f3a9c"
 PROVIDER_CANARY = "sk-provider-CANARY-51b2e0"
@@ -33,12 +32,6 @@ rule good {
     route up/m
 }
 """
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with start_upstream() as up:
-        yield up
 
 
 @pytest.fixture(scope="module")
