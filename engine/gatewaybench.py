@@ -37,6 +37,7 @@ class Figure:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float | None = None   # CPU time the serving process spent per request (None off Linux)
 
 
 def _free_port() -> int:
@@ -111,10 +112,22 @@ def _wrk(url: str, body: bytes, connections: int, seconds: float) -> dict:
     if found is None:
         raise RuntimeError(f"wrk gave no figures: {(done.stderr or out).strip()[-500:]}")
     rps = float(found.group(1))
+    total = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors += sum(int(x) for x in m.groups()) if m else 0
-    return {"rps": rps, "p50_ms": _wrk_ms(out, "50%"), "p99_ms": _wrk_ms(out, "99%"), "errors": errors}
+    return {"rps": rps, "p50_ms": _wrk_ms(out, "50%"), "p99_ms": _wrk_ms(out, "99%"), "errors": errors,
+            "requests": int(total.group(1)) if total else None}
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process, from /proc: steadier than throughput on a shared machine."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wrk_ms(out: str, pct: str) -> float:
@@ -142,20 +155,24 @@ def run(rules: str = "rules/", seconds: float = 3.0, connections=(1, 32), modes=
         procs.append(_start([py, "-m", "engine.cli", "serve", "--rules", policy_dir, "--port", str(gw_port),
                              "--no-watch", "--log-level", "warning"], f"http://127.0.0.1:{gw_port}/healthz"))
         targets = {
-            "direct": f"http://127.0.0.1:{up_port}/v1/chat/completions",
-            "passthrough": f"http://127.0.0.1:{pt_port}/v1/chat/completions",
-            "edgerules": f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+            "direct": (f"http://127.0.0.1:{up_port}/v1/chat/completions", procs[0].pid),
+            "passthrough": (f"http://127.0.0.1:{pt_port}/v1/chat/completions", procs[1].pid),
+            "edgerules": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", procs[2].pid),
         }
         figures = []
         for mode in modes:
             body = json.dumps({"model": f"{BENCH_PROVIDER}/bench", "stream": mode == "stream",
                                "messages": [{"role": "user", "content": "benchmark this request"}]}).encode()
             for conns in connections:
-                for name, url in targets.items():
+                for name, (url, pid) in targets.items():
                     _load(url, body, conns, min(1.0, seconds))   # warm up pools and caches
                     say(f"  {mode:6} {conns:>3} connections  {name:11} ...")
+                    cpu0 = _cpu_seconds(pid)
                     r = _load(url, body, conns, seconds)
-                    figures.append(Figure(name, mode, conns, r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]))
+                    cpu1 = _cpu_seconds(pid)
+                    n = r.get("requests") or r["rps"] * seconds
+                    cpu = (cpu1 - cpu0) / n * 1e6 if cpu0 is not None and cpu1 is not None and n else None
+                    figures.append(Figure(name, mode, conns, r["rps"], r["p50_ms"], r["p99_ms"], r["errors"], cpu))
     finally:
         for proc in reversed(procs):
             _stop(proc)
@@ -178,20 +195,26 @@ def ratios(figures: list[Figure]) -> list[dict]:
             "edgerules_vs_passthrough": f.rps / bare.rps if bare else None,
             "added_p50_ms_vs_direct": f.p50_ms - direct.p50_ms if direct else None,
             "added_p50_ms_vs_passthrough": f.p50_ms - bare.p50_ms if bare else None,
+            # CPU per request of the serving process: the pass-through's over ours, a throughput
+            # ratio for a CPU-bound server that the machine's noise moves much less.
+            "cpu_passthrough_vs_edgerules": (bare.cpu_us / f.cpu_us) if bare and bare.cpu_us and f.cpu_us else None,
         })
     return out
 
 
 def render(result: dict) -> str:
-    lines = ["| mode | conns | target | req/s | p50 ms | p99 ms | errors |", "|---|---:|---|---:|---:|---:|---:|"]
+    lines = ["| mode | conns | target | req/s | p50 ms | p99 ms | CPU µs/req | errors |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for f in result["figures"]:
+        cpu = f"{f['cpu_us']:.0f}" if f.get("cpu_us") else "-"
         lines.append(f"| {f['mode']} | {f['connections']} | {f['target']} | {f['rps']:.0f} | "
-                     f"{f['p50_ms']:.2f} | {f['p99_ms']:.2f} | {f['errors']} |")
+                     f"{f['p50_ms']:.2f} | {f['p99_ms']:.2f} | {cpu} | {f['errors']} |")
     lines += ["", "| mode | conns | edgerules/direct | pass-through/direct | edgerules/pass-through | "
-                  "added p50 vs direct (ms) |", "|---|---:|---:|---:|---:|---:|"]
+                  "CPU: pass-through/edgerules | added p50 vs direct (ms) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["ratios"]:
+        cpu = f"{r['cpu_passthrough_vs_edgerules']:.2f}x" if r.get("cpu_passthrough_vs_edgerules") else "-"
         lines.append(f"| {r['mode']} | {r['connections']} | {r['edgerules_vs_direct']:.2f}x | "
-                     f"{r['passthrough_vs_direct']:.2f}x | {r['edgerules_vs_passthrough']:.2f}x | "
+                     f"{r['passthrough_vs_direct']:.2f}x | {r['edgerules_vs_passthrough']:.2f}x | {cpu} | "
                      f"{r['added_p50_ms_vs_direct']:+.3f} |")
     return "\n".join(lines)
 
