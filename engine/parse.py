@@ -372,6 +372,13 @@ class _ToAst(Transformer):
         weights = tuple(weight for weight, _ in members)
         return ast.SplitT(weights, tuple(t for _, t in members), by or (), self._loc(meta))
 
+    @v_args(meta=True)
+    def nested_split(self, meta, items):
+        *members, by = items
+        weights = tuple(weight for weight, _ in members)
+        return ast.SplitT(weights, tuple(t for _, t in members), (by,) if by is not None else (),
+                          self._loc(meta))
+
     def split_member(self, items):
         return (parse_number(items[0]), items[1])
 
