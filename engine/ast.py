@@ -153,6 +153,7 @@ class Retry:
     jitter: bool
     on: tuple[RetryCode, ...] | None
     loc: Location
+    repeated: tuple[tuple[str, Location], ...] = ()   # options written more than once
 
 
 @dataclass(frozen=True, slots=True)

@@ -288,6 +288,8 @@ class _Checker:
         return CheckedAction("limit", spec, by=a.by, loc=a.loc)
 
     def _retry(self, a: ast.Retry) -> RetrySpec:
+        for name, loc in a.repeated:
+            self.error("duplicate-option", f"'{name}' is given twice in this retry", loc)
         if not isinstance(a.attempts, int) or not 1 <= a.attempts <= 5:
             self.error("retry-range", f"retry takes 1 to 5 attempts, not {a.attempts}", a.attempts_loc)
         codes = set()

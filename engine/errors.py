@@ -64,7 +64,10 @@ def render_all(diagnostics: Iterable[Diagnostic], sources: Mapping[str, Source] 
     diags = sorted(diagnostics, key=Diagnostic.sort_key)
     errors = sum(d.severity == "error" for d in diags)
     warnings = len(diags) - errors
-    body = [d.render(sources) for d in diags]
+    # One broken edit can cascade into hundreds of errors; the first ones are what matters.
+    body = [d.render(sources) for d in diags[:MAX_ERRORS]]
+    if len(diags) > MAX_ERRORS:
+        body.append(f"... and {len(diags) - MAX_ERRORS} more not shown")
     body.append(f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}")
     return "\n".join(body)
 

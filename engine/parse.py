@@ -303,26 +303,35 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def retry(self, meta, items):
         count, *options = items
-        opts = dict(options)
+        opts, repeated = {}, []
+        for name, value, loc in options:
+            if name in opts:
+                repeated.append((name, loc))
+            opts[name] = value
         backoff = opts.get("backoff")
         return ast.Retry(parse_number(count), self._tok(count),
                          backoff[0] if backoff else None, backoff[1] if backoff else None,
-                         opts.get("max"), "jitter" in opts, opts.get("on"), self._loc(meta))
+                         opts.get("max"), "jitter" in opts, opts.get("on"), self._loc(meta),
+                         tuple(repeated))
 
-    def backoff(self, items):
-        return ("backoff", (str(items[0]), parse_duration(items[1])))
+    @v_args(meta=True)
+    def backoff(self, meta, items):
+        return ("backoff", (str(items[0]), parse_duration(items[1])), self._loc(meta))
 
     def backoff_kind(self, items):
         return str(items[0])
 
-    def retry_max(self, items):
-        return ("max", parse_duration(items[0]))
+    @v_args(meta=True)
+    def retry_max(self, meta, items):
+        return ("max", parse_duration(items[0]), self._loc(meta))
 
-    def jitter(self, items):
-        return ("jitter", True)
+    @v_args(meta=True)
+    def jitter(self, meta, items):
+        return ("jitter", True, self._loc(meta))
 
-    def retry_on(self, items):
-        return ("on", tuple(items))
+    @v_args(meta=True)
+    def retry_on(self, meta, items):
+        return ("on", tuple(items), self._loc(meta))
 
     def retry_code(self, items):
         return ast.RetryCode(str(items[0]), self._tok(items[0]))

@@ -112,6 +112,8 @@ class Policy:
                path: str = "/v1/chat/completions", method: str = "POST", ip: str = "127.0.0.1",
                now: float | None = None, engine: str = "compiled") -> Decision:
         """The decision for one request. Raises ValueError when a field has the wrong type."""
+        if engine not in ("compiled", "interpreted"):
+            raise ValueError(f"engine must be 'compiled' or 'interpreted', not {engine!r}")
         problem = body_error(body)
         if problem is not None:
             raise ValueError(problem[0])

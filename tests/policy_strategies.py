@@ -197,7 +197,8 @@ def retries():
                      min_size=1, max_size=4).map(lambda cs: "on " + ", ".join(cs))
     option = st.one_of(backoff, st.sampled_from(SHORT_DURATIONS).map(lambda d: f"max {d}"),
                        st.just("jitter"), codes)
-    return st.tuples(st.integers(1, 5), st.lists(option, max_size=3)).map(
+    # Each option at most once (a repeated one is a `duplicate-option` error), in any order.
+    return st.tuples(st.integers(1, 5), st.lists(option, max_size=3, unique_by=lambda o: o.split()[0])).map(
         lambda t: " ".join([f"retry {t[0]}", *t[1]]))
 
 

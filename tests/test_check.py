@@ -463,3 +463,37 @@ def test_shown_line_is_the_reported_line_whatever_separators_the_file_holds():
         '  3 |     when modle == "x"',
         "    |          ^^^^^",
     ]
+
+
+def test_a_retry_option_given_twice_is_an_error():
+    from engine.errors import PolicyError
+    from engine.policy import build_policy
+    from engine.source import Source
+    text = 'provider p { format echo }\nrule r { retry 2 max 1s max 2s route p/m }\n'
+    with pytest.raises(PolicyError) as info:
+        build_policy([Source("t.rules", text)])
+    (d,) = info.value.errors
+    assert (d.code, d.line, d.column) == ("duplicate-option", 2, 25)
+    assert d.message == "'max' is given twice in this retry"
+
+
+def test_a_flood_of_errors_is_capped_in_the_report():
+    from engine.errors import MAX_ERRORS, PolicyError
+    from engine.policy import build_policy
+    from engine.source import Source
+    text = "".join(f'rule r{i} {{ when modle == "x" route nowhere }}\n' for i in range(60))
+    with pytest.raises(PolicyError) as info:
+        build_policy([Source("t.rules", text)])
+    assert len(info.value.diagnostics) == 120
+    report = str(info.value)
+    assert report.count("error[") == MAX_ERRORS
+    assert f"... and {120 - MAX_ERRORS} more not shown" in report
+    assert report.endswith("120 errors, 0 warnings")
+
+
+def test_decide_rejects_an_unknown_engine():
+    from engine.policy import build_policy
+    from engine.source import Source
+    policy = build_policy([Source("t.rules", "provider p { format echo }\n")])
+    with pytest.raises(ValueError, match="engine must be"):
+        policy.decide({"model": "p/m"}, engine="interpretd")
