@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body", default="4MiB", metavar="SIZE", help="largest request body (default 4MiB)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--no-watch", action="store_true", help="do not reload when .rules files change")
+    p.add_argument("--cache-max-entries", type=int, metavar="N",
+                   help="answers the response cache keeps (default 10000; env EDGERULES_CACHE_MAX_ENTRIES)")
+    p.add_argument("--cache-max-bytes", metavar="SIZE",
+                   help="bytes the response cache keeps (default 64MiB; env EDGERULES_CACHE_MAX_BYTES)")
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("bench", help="rule-evaluation throughput of the compiled policy")

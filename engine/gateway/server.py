@@ -284,6 +284,10 @@ def serve(args) -> int:
     configure_logging(args.log_level)
     try:
         max_body = parse_size(args.max_body)
+        if args.cache_max_bytes is not None:
+            parse_size(args.cache_max_bytes)
+        if args.cache_max_entries is not None and args.cache_max_entries < 1:
+            raise ValueError("--cache-max-entries must be at least 1")
         policy = load_policy(args.rules)   # fail fast, with the rendered errors, before binding a port
     except ValueError as exc:
         print(f"edgerules serve: {exc}", file=sys.stderr)
@@ -299,6 +303,11 @@ def serve(args) -> int:
     os.environ[ENV_MAX_BODY] = str(max_body)
     os.environ[ENV_WATCH] = "0" if args.no_watch else "1"
     os.environ[ENV_LOG_LEVEL] = args.log_level
+    # Passed through the environment so that every --workers process sees them too.
+    if args.cache_max_entries is not None:
+        os.environ["EDGERULES_CACHE_MAX_ENTRIES"] = str(args.cache_max_entries)
+    if args.cache_max_bytes is not None:
+        os.environ["EDGERULES_CACHE_MAX_BYTES"] = str(parse_size(args.cache_max_bytes))
     uvicorn.run("engine.gateway.server:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers if args.workers > 1 else None, loop="uvloop", http="httptools",
                 log_level=args.log_level, access_log=False, log_config=None)
