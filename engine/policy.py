@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
+from . import ast
 from .check import CheckedPolicy, check_program
 from .compiler import CompiledPolicy, compile_policy
 from .decision import Decision
@@ -134,6 +135,24 @@ class Policy:
                     for leaf in target_leaves(target):
                         seen[_model_id(leaf)] = None
         return list(seen)
+
+    def model_ids(self) -> list[str]:
+        """What GET /v1/models lists: the names rules route by (`model == "smart"`, `model in
+        [...]`), then every concrete provider/model a rule reaches."""
+        aliases: dict[str, None] = {}
+        for rule in self.checked.rules:
+            if rule.when is None or not any(a.kind == "route" for a in rule.actions):
+                continue
+            first = rule.when.operands[0] if isinstance(rule.when, ast.And) else rule.when
+            if not (isinstance(first, ast.Compare) and isinstance(first.left, ast.Field)
+                    and first.left.name == "model"):
+                continue
+            if first.op == "==" and isinstance(first.right, ast.Literal):
+                aliases[first.right.value] = None
+            elif first.op == "in" and isinstance(first.right, ast.ListLit):
+                aliases.update((i.value, None) for i in first.right.items)
+        concrete = [m for m in self.models() if not m.endswith("/*")]
+        return list(aliases) + [m for m in concrete if m not in aliases]
 
     def __repr__(self) -> str:
         return f"<Policy {self.version} files={len(self.files)} rules={len(self.rules)}>"

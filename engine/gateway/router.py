@@ -91,7 +91,7 @@ def _plan(target, requested, route_by, health, now, rng, out) -> None:
     if isinstance(target, Single):
         out.append((target.provider, resolve_model(target, requested)))
     elif isinstance(target, Fallback):
-        for member in _healthy_first(target.members, health, now, skip=True):
+        for member in _healthy_first(target.members, health, now):
             _plan(member, requested, route_by, health, now, rng, out)
     elif isinstance(target, Split):
         member = target.members[_pick(target, route_by.get(target.node_id), rng)]
@@ -104,9 +104,9 @@ def _plan(target, requested, route_by, health, now, rng, out) -> None:
             _plan(member, requested, route_by, health, now, rng, out)
 
 
-def _healthy_first(members, health: Health, now: float, skip: bool):
+def _healthy_first(members, health: Health, now: float):
+    """A fallback skips members in cooldown, unless all of them are."""
     healthy = [m for m in members if _member_available(m, health, now)]
-    # A fallback skips members in cooldown, unless all of them are.
     return healthy if healthy else list(members)
 
 

@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import ast
 from ..errors import PolicyError
 from ..policy import load_policy
 from .errors import GatewayError, error_response
@@ -116,26 +115,10 @@ async def models(request: Request) -> Response:
         live.keyring.authenticate(request.headers.get("authorization"))
     except GatewayError as err:
         return error_response(err)
-    ids = policy_model_ids(live.policy)
+    ids = live.policy.model_ids()
     data = [{"id": m, "object": "model", "created": 0, "owned_by": m.split("/", 1)[0] if "/" in m else "edgerules"}
             for m in ids]
     return _json({"object": "list", "data": data}, headers={"x-edgerules-policy": live.policy.version})
-
-
-def policy_model_ids(policy) -> list[str]:
-    """Aliases the rules route by name (`model == "smart"`), then every concrete provider/model."""
-    aliases: dict[str, None] = {}
-    for rule in policy.checked.rules:
-        if not any(a.kind == "route" for a in rule.actions) or rule.when is None:
-            continue
-        first = rule.when.operands[0] if isinstance(rule.when, ast.And) else rule.when
-        if isinstance(first, ast.Compare) and isinstance(first.left, ast.Field) and first.left.name == "model":
-            if first.op == "==" and isinstance(first.right, ast.Literal):
-                aliases[first.right.value] = None
-            elif first.op == "in" and isinstance(first.right, ast.ListLit):
-                aliases.update((i.value, None) for i in first.right.items)
-    concrete = [m for m in policy.models() if not m.endswith("/*")]
-    return list(aliases) + [m for m in concrete if m not in aliases]
 
 
 async def healthz(request: Request) -> Response:
