@@ -173,7 +173,7 @@ async def _relay(gw: "Gateway", call: Call, first: bytes, events: AsyncIterator[
     try:
         event = first
         while True:
-            out = tap(event) if tap is not None else event
+            out = _tapped(tap, event) if tap is not None else event
             if out:
                 yield out
             event = await events.__anext__()
@@ -189,6 +189,13 @@ async def _relay(gw: "Gateway", call: Call, first: bytes, events: AsyncIterator[
     finally:
         await stream.aclose()
         await gw.finish(call)
+
+
+def _tapped(tap, blob: bytes) -> bytes:
+    """A tap sees one event at a time; a provider may hand over several at once."""
+    if blob.count(b"\n\n") <= 1:
+        return tap(blob)
+    return b"".join(tap(event + b"\n\n") for event in blob.split(b"\n\n") if event)
 
 
 def _usage_of(answer) -> dict | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
@@ -60,7 +61,8 @@ class UpstreamResponse:
 
 
 class UpstreamStream:
-    """Complete OpenAI SSE events, one per iteration, ending with `data: [DONE]`."""
+    """Complete OpenAI SSE events, one or more per iteration (what one network read brought),
+    ending with `data: [DONE]`."""
 
     __slots__ = ("_events", "_release", "_closed")
 
@@ -251,6 +253,14 @@ class HttpProvider(Provider):
 
     async def sse_data(self, resp: aiohttp.ClientResponse, timeout: float) -> AsyncIterator[bytes]:
         """The `data` payload of each SSE event of a response; comment-only events are skipped."""
+        async with aclosing(self.sse_batches(resp, timeout)) as batches:
+            async for batch in batches:
+                for data in batch:
+                    yield data
+
+    async def sse_batches(self, resp: aiohttp.ClientResponse, timeout: float) -> AsyncIterator[list[bytes]]:
+        """The `data` payloads of the complete events each network read brought, as one list:
+        a relay can then forward them in one write instead of one write per event."""
         buf = b""
         finished = False
         try:
@@ -258,15 +268,18 @@ class HttpProvider(Provider):
                 buf += chunk
                 if b"\r" in buf:
                     buf = buf.replace(b"\r\n", b"\n")
+                batch = []
                 while (end := buf.find(b"\n\n")) >= 0:
                     event, buf = buf[:end], buf[end + 2:]
                     data = event_data(event)
                     if data is not None:
-                        yield data
+                        batch.append(data)
+                if batch:
+                    yield batch
             if buf.strip():
                 data = event_data(buf.strip(b"\n"))
                 if data is not None:
-                    yield data
+                    yield [data]
             finished = True
         except TimeoutError:
             raise self.error(502, f"upstream '{self.spec.name}' sent nothing for {timeout:g}s mid-stream",

@@ -40,22 +40,29 @@ class OpenAIProvider(HttpProvider):
         return UpstreamResponse(200, raw, self.parse_answer(raw))
 
     async def _events(self, resp: aiohttp.ClientResponse, timeout: float) -> AsyncIterator[bytes]:
+        """One item per network read: the complete events it brought, re-framed, joined."""
         done = False
         try:
             # aclosing: when this generator stops early, the reader below releases the connection now.
-            async with aclosing(self.sse_data(resp, timeout)) as events:
-                async for data in events:
-                    if done:
-                        continue   # drained so the connection goes back to the pool
-                    if data == b"[DONE]":
-                        done = True
-                        yield DONE
-                    elif data.startswith((b'{"error"', b'{ "error"')):
-                        message = error_message(data, "error event")
-                        raise self.error(502, f"upstream '{self.spec.name}' failed mid-stream: {message}",
-                                         kind="stream")
-                    else:
-                        yield b"data: " + data + b"\n\n"
+            async with aclosing(self.sse_batches(resp, timeout)) as batches:
+                async for batch in batches:
+                    out = []
+                    for data in batch:
+                        if done:
+                            continue   # drained so the connection goes back to the pool
+                        if data == b"[DONE]":
+                            done = True
+                            out.append(DONE)
+                        elif data.startswith((b'{"error"', b'{ "error"')):
+                            if out:
+                                yield b"".join(out)   # what came before the error is delivered
+                            message = error_message(data, "error event")
+                            raise self.error(502, f"upstream '{self.spec.name}' failed mid-stream: {message}",
+                                             kind="stream")
+                        else:
+                            out.append(b"data: " + data + b"\n\n")
+                    if out:
+                        yield b"".join(out)
         except ProviderError:
             if not done:
                 raise
