@@ -43,13 +43,26 @@ class Call:
     route: str = ""                # "provider/model" that answered, or last tried
     cache: str = "BYPASS"
     status: int = 200
-    usage: dict | None = None
+    usage_data: dict | None = None
+    answer: object = None          # the upstream's JSON answer: its usage is parsed only if asked
     admission: object = None       # the limiter's reservations, settled after the answer
     error: str = ""
     extra_headers: dict = field(default_factory=dict)
     # Sees each stream event on its way to the client and returns what to send (b"" drops it):
     # how usage is read from streams and how a streamed answer is assembled for the cache.
     tap: object = None
+
+    @property
+    def usage(self) -> dict | None:
+        """The answer's usage block: read from the answer on first use (a limit settling, an
+        access log line), so a request that needs neither never parses the upstream's JSON."""
+        if self.usage_data is None and self.answer is not None:
+            self.usage_data, self.answer = _usage_of(self.answer), None
+        return self.usage_data
+
+    @usage.setter
+    def usage(self, value: dict | None) -> None:
+        self.usage_data, self.answer = value, None
 
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
         d = self.decision
@@ -139,11 +152,11 @@ async def forward(gw: "Gateway", call: Call) -> Response:
 async def _attempt(gw: "Gateway", call: Call, provider, model: str, timeout: float) -> Response:
     if call.kind == "embeddings":
         answer = await provider.embeddings(call.body, model, timeout)
-        call.usage = _usage_of(answer)
+        call.answer = answer
         return Response(answer.body, media_type="application/json")
     if not call.stream:
         answer = await provider.chat(call.body, model, timeout)
-        call.usage = _usage_of(answer)
+        call.answer = answer
         return Response(answer.body, media_type="application/json")
     stream = await provider.chat_stream(call.body, model, timeout)
     events = stream.__aiter__()

@@ -237,6 +237,12 @@ class HttpProvider(Provider):
         return self.error(status, f"upstream '{self.spec.name}' answered {status}: {message}",
                           retry_after=parse_retry_after(retry_after), upstream_status=status)
 
+    def check_answer(self, body: bytes) -> None:
+        """A cheap look that a 200 answer is a JSON object; it is parsed only if someone asks."""
+        if not body.lstrip()[:1] == b"{":
+            raise self.error(502, f"upstream '{self.spec.name}' answered 200 with a body that is not a "
+                                  f"JSON object", upstream_status=200)
+
     def parse_answer(self, body: bytes) -> dict:
         try:
             data = orjson.loads(body)

@@ -24,7 +24,8 @@ class OpenAIProvider(HttpProvider):
             payload["stream"] = False
             payload.pop("stream_options", None)
         raw = await self.post("/chat/completions", payload, timeout)
-        return UpstreamResponse(200, raw, self.parse_answer(raw))
+        self.check_answer(raw)
+        return UpstreamResponse(200, raw)
 
     async def chat_stream(self, body: dict, model: str, timeout: float) -> UpstreamStream:
         payload = {**body, "model": model, "stream": True}
@@ -37,7 +38,8 @@ class OpenAIProvider(HttpProvider):
 
     async def embeddings(self, body: dict, model: str, timeout: float) -> UpstreamResponse:
         raw = await self.post("/embeddings", {**body, "model": model}, timeout)
-        return UpstreamResponse(200, raw, self.parse_answer(raw))
+        self.check_answer(raw)
+        return UpstreamResponse(200, raw)
 
     async def _events(self, resp: aiohttp.ClientResponse, timeout: float) -> AsyncIterator[bytes]:
         """One item per network read: the complete events it brought, re-framed, joined."""
