@@ -10,6 +10,7 @@ import functools
 import json
 import random
 
+from engine.codegen import DISPATCH_MIN
 from hypothesis import strategies as st
 
 PROVIDERS = ("openai", "anthropic", "local", "demo")
@@ -262,7 +263,7 @@ def rule_groups(draw):
     """Rule conditions and bodies: single random rules, or a run on one field for the dispatch index."""
     if draw(st.integers(0, 2)) == 0:
         field, values = draw(st.sampled_from(DISPATCH_FIELDS))
-        n = draw(st.integers(3, 8))
+        n = draw(st.integers(3, DISPATCH_MIN + 4))   # either side of the dispatch threshold
         return [(draw(dispatch_conditions(field, values)), draw(rule_bodies())) for _ in range(n)]
     # Mostly conditional: an unconditional rule that routes or denies ends every walk.
     when = None if draw(st.integers(0, 5)) == 0 else draw(conditions())

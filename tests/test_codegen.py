@@ -73,7 +73,7 @@ def model_rules(n: int, field: str = "model") -> str:
     return "\n".join(f'rule {field.split("(")[0]}{i} {{ when {field} == "v{i}" tag "t{i}" }}' for i in range(n))
 
 
-@pytest.mark.parametrize("n", range(1, 7))
+@pytest.mark.parametrize("n", range(1, DISPATCH_MIN + 3))
 def test_dispatch_starts_at_the_threshold(n):
     policy = build("provider demo { format echo }\n" + model_rules(n))
     assert ("_D1 = {" in policy.source()) == (n >= DISPATCH_MIN)
@@ -85,9 +85,10 @@ def test_dispatch_starts_at_the_threshold(n):
 
 
 def test_dispatch_runs_break_on_another_field_and_restart():
-    text = ("provider demo { format echo }\n" + model_rules(4) + "\nrule other { when stream tag \"s\" }\n"
-            + model_rules(4).replace("rule model", "rule again") + "\n"
-            + model_rules(4, 'header("x-plan")'))
+    n = DISPATCH_MIN
+    text = ("provider demo { format echo }\n" + model_rules(n) + "\nrule other { when stream tag \"s\" }\n"
+            + model_rules(n).replace("rule model", "rule again") + "\n"
+            + model_rules(n, 'header("x-plan")'))
     source = build(text).source()
     assert "_D1 = {" in source and "_D2 = {" in source and "_D3 = {" in source and "_D4" not in source
     assert "b = _D3.get(h_x_plan)" in source
@@ -100,7 +101,9 @@ def test_dispatch_keeps_rule_order_within_a_bucket_and_stops_at_a_route():
                    'rule c { when model == "y" tag "c" }\n'
                    'rule d { when model == "y" route demo/d }\n'
                    'rule e { when model == "y" tag "never" }\n'
-                   'rule f { tag "after" }\n')
+                   + "".join(f'rule pad{i} {{ when model == "pad{i}" tag "pad" }}\n'
+                             for i in range(DISPATCH_MIN - 5))
+                   + 'rule f { tag "after" }\n')
     assert "_D1" in policy.source()
     d = policy.decide({"model": "y"})
     assert (d.matched, d.tags, d.rule) == (["a", "c", "d"], ("a", "c"), "d")
@@ -112,7 +115,8 @@ def test_dispatch_keeps_rule_order_within_a_bucket_and_stops_at_a_route():
 
 def test_dispatch_on_a_nullable_number():
     text = "provider demo { format echo }\n" + "\n".join(
-        f"rule t{i} {{ when temperature == {v} tag \"t{i}\" }}" for i, v in enumerate(("0", "0.5", "1", "2")))
+        f"rule t{i} {{ when temperature == {v} tag \"t{i}\" }}"
+        for i, v in enumerate(("0", "0.5", "1", "2", "3", "4", "5", "6", "7", "8")[:max(4, DISPATCH_MIN)]))
     policy = build(text)
     assert "_D1.get(temperature)" in policy.source()
     assert policy.decide({"temperature": 0.0}).tags == ("t0",)
