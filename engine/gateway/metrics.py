@@ -1,6 +1,7 @@
 """Counters for /metrics, rendered in the Prometheus text format."""
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -21,12 +22,7 @@ class Metrics:
         for tag in tags:
             self.tags[tag] += 1
         self.latency_sum += seconds
-        for i, bound in enumerate(_BUCKETS):
-            if seconds <= bound:
-                self.latency[i] += 1
-                break
-        else:
-            self.latency[-1] += 1
+        self.latency[bisect_left(_BUCKETS, seconds)] += 1
 
     def upstream(self, provider: str, outcome: str) -> None:
         self.upstream_calls[(provider, outcome)] += 1

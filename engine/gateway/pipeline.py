@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, AsyncIterator
 import orjson
 from starlette.responses import Response, StreamingResponse
 
-from ..spec import Target
+from ..spec import Single, Target
 from .errors import GatewayError, error_body
 from .providers import ProviderError
 from .retry import is_retryable, retry_delay
-from .router import plan
+from .router import plan, resolve_model
 
 if TYPE_CHECKING:
     from ..decision import Decision
@@ -102,7 +102,11 @@ async def forward(gw: "Gateway", call: Call) -> Response:
     d = call.decision
     requested = call.body.get("model") or ""
     now = time.monotonic()
-    attempts = plan(call.target, requested, d.route_by, gw.health, now, gw.rng)
+    target = call.target
+    if target.__class__ is Single:   # the common case needs no planning
+        attempts = [(target.provider, resolve_model(target, requested))]
+    else:
+        attempts = plan(target, requested, d.route_by, gw.health, now, gw.rng)
     retry = d.retry
     last: ProviderError | None = None
     deadline_hit = False

@@ -27,13 +27,7 @@ async def read_json(request: Request, limit: int, length: str | None = None) -> 
             raise GatewayError(400, "the Content-Length header is not a number", code="invalid_request")
         if int(length) > limit:
             raise _too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # chunked bodies have no Content-Length: count as they come
-            raise _too_large(limit)
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    raw = await _read_body(request.receive, limit)
     if not raw.strip():
         raise GatewayError(400, "the request body is empty; send a JSON object", code="invalid_json")
     try:
@@ -43,6 +37,26 @@ async def read_json(request: Request, limit: int, length: str | None = None) -> 
     if not isinstance(body, dict):
         raise GatewayError(400, "the request body must be a JSON object", code="invalid_json")
     return body
+
+
+async def _read_body(receive, limit: int) -> bytes:
+    """The body from the ASGI channel: one message in the common case, no generator around it."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(400, "the client closed the connection before sending the whole body",
+                               code="client_disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:  # chunked bodies have no Content-Length: count as they come
+            raise _too_large(limit)
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk
+            chunks.append(chunk)
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _too_large(limit: int) -> GatewayError:
@@ -72,7 +86,7 @@ def validate_chat(body: dict) -> None:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise _bad("'stream_options' must be an object", "stream_options")
-    _common(body)
+    _common(body, messages_checked=True)
 
 
 def validate_embeddings(body: dict) -> None:
@@ -93,8 +107,8 @@ def _validate_model(body: dict) -> None:
         raise _bad("'model' must be a non-empty string", "model")
 
 
-def _common(body: dict) -> None:
-    problem = body_error(body)
+def _common(body: dict, messages_checked: bool = False) -> None:
+    problem = body_error(body, check_messages=not messages_checked)
     if problem is not None:
         raise _bad(problem[0], problem[1])
 
