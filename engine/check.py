@@ -409,7 +409,7 @@ class _Checker:
                 self.error("type-mismatch", f"cannot look for a {left} in a list of {e.right.items[0].type}s", e.loc)
             return "bool"
         if "list" in (left, right):
-            self.error("type-mismatch", f"a list can only follow 'in' or 'not in'", e.loc)
+            self.error("type-mismatch", "a list can only follow 'in' or 'not in'", e.loc)
             return "bool"
         if op == "matches":
             if left != "string":

@@ -16,7 +16,7 @@ import pytest
 from engine import PolicyError, load_policy
 from engine.policy import build_policy, version_of
 from engine.source import Source
-from engine.spec import DEFAULT_RETRY_CODES, KeySpec, Price, RetrySpec
+from engine.spec import DEFAULT_RETRY_CODES, KeySpec, Price
 
 ROOT = Path(__file__).resolve().parents[1]
 LANGUAGE_MD = ROOT.parent / "shared" / "LANGUAGE.md"

@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.errors import PolicyError
 from engine.policy import load_policy, read_sources, version_of
 from gw import start_gateway
 

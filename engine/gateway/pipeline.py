@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator
 
-import orjson
 from starlette.responses import Response, StreamingResponse
 
 from ..spec import Single, Target
