@@ -76,17 +76,8 @@ class Call:
         return out
 
     def headers(self) -> dict[str, str]:
-        d = self.decision
-        out = {
-            "x-edgerules-route": _header_safe(self.route),
-            "x-edgerules-attempts": str(self.attempts),
-            "x-edgerules-cache": self.cache,
-            "x-edgerules-policy": self.live.policy.version,
-            "x-edgerules-rules": ",".join(d.matched),
-        }
-        if self.extra_headers:
-            out.update(self.extra_headers)
-        return out
+        """The same headers as a dict, for error answers."""
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.raw_headers()}
 
 
 def _header_safe(text: str) -> str:
