@@ -74,15 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str):
+    """The policy, or None after printing why it did not load."""
     from .policy import load_policy
-    return load_policy(path)
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return None
 
 
 def cmd_check(args) -> int:
-    try:
-        policy = _load(args.path)
-    except PolicyError as exc:
-        print(exc, file=sys.stderr)
+    policy = _load(args.path)
+    if policy is None:
         return 1
     if policy.warnings:
         print(render_all(policy.warnings, policy.sources), file=sys.stderr)
@@ -92,10 +95,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    try:
-        policy = _load(args.path)
-    except PolicyError as exc:
-        print(exc, file=sys.stderr)
+    policy = _load(args.path)
+    if policy is None:
         return 1
     if args.show_code:
         print(policy.source(), end="")

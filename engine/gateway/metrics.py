@@ -28,26 +28,15 @@ class Metrics:
         self.upstream_calls[(provider, outcome)] += 1
 
     def render(self, extra: list[str] | None = None) -> str:
-        out = ["# HELP edgerules_requests_total Requests answered, by route, status and cache.",
-               "# TYPE edgerules_requests_total counter"]
-        for (route, status, cache), n in sorted(self.requests.items()):
-            out.append(f'edgerules_requests_total{{route="{_esc(route)}",status="{status}",cache="{cache}"}} {n}')
-        out += ["# HELP edgerules_upstream_calls_total Upstream attempts, by provider and outcome.",
-                "# TYPE edgerules_upstream_calls_total counter"]
-        for (provider, outcome), n in sorted(self.upstream_calls.items()):
-            out.append(f'edgerules_upstream_calls_total{{provider="{_esc(provider)}",outcome="{outcome}"}} {n}')
-        out += ["# HELP edgerules_limited_total Requests refused or rerouted by a limit, by rule.",
-                "# TYPE edgerules_limited_total counter"]
-        for rule, n in sorted(self.limited.items()):
-            out.append(f'edgerules_limited_total{{rule="{_esc(rule)}"}} {n}')
-        out += ["# HELP edgerules_tagged_requests_total Requests by tag.",
-                "# TYPE edgerules_tagged_requests_total counter"]
-        for tag, n in sorted(self.tags.items()):
-            out.append(f'edgerules_tagged_requests_total{{tag="{_esc(tag)}"}} {n}')
-        out += ["# HELP edgerules_policy_reloads_total Policy loads, by result.",
-                "# TYPE edgerules_policy_reloads_total counter"]
-        for result, n in sorted(self.reloads.items()):
-            out.append(f'edgerules_policy_reloads_total{{result="{result}"}} {n}')
+        out: list[str] = []
+        _counter(out, "edgerules_requests_total", "Requests answered, by route, status and cache.",
+                 ("route", "status", "cache"), self.requests)
+        _counter(out, "edgerules_upstream_calls_total", "Upstream attempts, by provider and outcome.",
+                 ("provider", "outcome"), self.upstream_calls)
+        _counter(out, "edgerules_limited_total", "Requests refused or rerouted by a limit, by rule.",
+                 ("rule",), self.limited)
+        _counter(out, "edgerules_tagged_requests_total", "Requests by tag.", ("tag",), self.tags)
+        _counter(out, "edgerules_policy_reloads_total", "Policy loads, by result.", ("result",), self.reloads)
         out += ["# HELP edgerules_request_seconds Time to answer (to the first byte for streams).",
                 "# TYPE edgerules_request_seconds histogram"]
         total = 0
@@ -60,6 +49,15 @@ class Metrics:
         out.append(f"edgerules_request_seconds_count {total}")
         out.extend(extra or [])
         return "\n".join(out) + "\n"
+
+
+def _counter(out: list[str], name: str, help_text: str, labels: tuple[str, ...], counter: Counter) -> None:
+    """One counter family; a counter with one label is keyed by the bare value."""
+    out += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+    for key, n in sorted(counter.items()):
+        values = key if isinstance(key, tuple) else (key,)
+        pairs = ",".join(f'{label}="{_esc(value)}"' for label, value in zip(labels, values))
+        out.append(f"{name}{{{pairs}}} {n}")
 
 
 def _esc(text: str) -> str:
