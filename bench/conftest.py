@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.benchmark import decide_args
-from engine.check import check_program
-from engine.compiler import compile_policy
-from engine.policy import Policy, read_sources, version_of
-from engine.parse import parse_source
-from engine.source import Source
-from engine.synth import policy_requests, synthetic_policy, synthetic_requests
+from edgerules.drills.benchmark import decide_args
+from edgerules.lang.check import check_program
+from edgerules.lang.compiler import compile_policy
+from edgerules.lang.policy import Policy, read_sources, version_of
+from edgerules.lang.parse import parse_source
+from edgerules.lang.source import Source
+from edgerules.drills.synth import policy_requests, synthetic_policy, synthetic_requests
 
 SIZES = (10, 100, 1_000, 10_000)
 SAMPLE = 64            # requests per decide round

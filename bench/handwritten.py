@@ -7,9 +7,9 @@ are one if/elif chain.
 """
 from __future__ import annotations
 
-from engine.decision import Decision
-from engine.schema import estimate_tokens
-from engine.spec import CacheSpec, Fallback, LimitSpec, RetrySpec, Single, Split
+from edgerules.lang.decision import Decision
+from edgerules.lang.schema import estimate_tokens
+from edgerules.lang.spec import CacheSpec, Fallback, LimitSpec, RetrySpec, Single, Split
 
 TIER_FREE = LimitSpec("tier_free#0", "tier_free", "requests", 60, 60, ("key",))
 CACHE_DETERMINISTIC = CacheSpec("cache_deterministic", 600.0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from engine.schema import estimate_tokens
+from edgerules.lang.schema import estimate_tokens
 
 # (rule name, ends the walk, CEL condition, rule-engine condition)
 # Variables: model, stream, temperature (a double; 0.0 when absent), has_temperature, input_tokens,

@@ -19,13 +19,13 @@ sys.path.insert(0, str(BENCH))
 
 import handwritten  # noqa: E402  (bench/ is not a package)
 import peers  # noqa: E402
-from engine.benchmark import Rate, decide_args, measure  # noqa: E402
-from engine.check import check_program  # noqa: E402
-from engine.compiler import compile_policy  # noqa: E402
-from engine.parse import build_parser, parse_source  # noqa: E402
-from engine.policy import Policy, read_sources, version_of  # noqa: E402
-from engine.source import Source  # noqa: E402
-from engine.synth import policy_requests, synthetic_policy, synthetic_requests  # noqa: E402
+from edgerules.drills.benchmark import Rate, decide_args, measure  # noqa: E402
+from edgerules.lang.check import check_program  # noqa: E402
+from edgerules.lang.compiler import compile_policy  # noqa: E402
+from edgerules.lang.parse import build_parser, parse_source  # noqa: E402
+from edgerules.lang.policy import Policy, read_sources, version_of  # noqa: E402
+from edgerules.lang.source import Source  # noqa: E402
+from edgerules.drills.synth import policy_requests, synthetic_policy, synthetic_requests  # noqa: E402
 
 SIZES = (10, 100, 1_000, 10_000)
 SAMPLE = 256

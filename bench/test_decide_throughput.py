@@ -14,8 +14,8 @@ import pytest
 import handwritten
 import peers
 from conftest import SAMPLE, SIZES, run
-from engine.benchmark import decide_args
-from engine.synth import synthetic_requests
+from edgerules.drills.benchmark import decide_args
+from edgerules.drills.synth import synthetic_requests
 
 POLICIES = ("rules/", *SIZES)
 

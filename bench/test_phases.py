@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import SIZES, check_and_compile, make_policy, merge, run
-from engine.parse import parse_source
-from engine.policy import version_of
-from engine.synth import synthetic_policy
+from edgerules.lang.parse import parse_source
+from edgerules.lang.policy import version_of
+from edgerules.drills.synth import synthetic_policy
 
 POLICIES = ("rules/", *SIZES)
 

@@ -12,7 +12,7 @@ import sys
 import httpx
 import pytest
 
-from engine import gatewaybench as gb
+from edgerules.drills import gatewaybench as gb
 
 BODY = {"model": f"{gb.BENCH_PROVIDER}/bench",
         "messages": [{"role": "user", "content": "benchmark this request"}]}
@@ -24,10 +24,10 @@ def servers():
     upstream_url = f"http://127.0.0.1:{up}/v1"
     policy_dir = gb.bench_policy_dir(str(gb.Path(__file__).resolve().parent.parent / "rules"), upstream_url)
     procs = [
-        gb._start([sys.executable, "-m", "engine.upstream", "--port", str(up)], f"http://127.0.0.1:{up}/healthz"),
-        gb._start([sys.executable, "-m", "engine.passthrough", "--upstream", upstream_url, "--port", str(pt)],
+        gb._start([sys.executable, "-m", "edgerules.drills.upstream", "--port", str(up)], f"http://127.0.0.1:{up}/healthz"),
+        gb._start([sys.executable, "-m", "edgerules.drills.passthrough", "--upstream", upstream_url, "--port", str(pt)],
                   f"http://127.0.0.1:{pt}/healthz"),
-        gb._start([sys.executable, "-m", "engine.cli", "serve", "--rules", policy_dir, "--port", str(gw),
+        gb._start([sys.executable, "-m", "edgerules", "serve", "--rules", policy_dir, "--port", str(gw),
                    "--no-watch", "--log-level", "warning"], f"http://127.0.0.1:{gw}/healthz"),
     ]
     yield {"direct": up, "passthrough": pt, "edgerules": gw}

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .errors import PolicyError, render_all
+from .lang.errors import PolicyError, render_all
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(path: str):
     """The policy, or None after printing why it did not load."""
-    from .policy import load_policy
+    from .lang.policy import load_policy
     try:
         return load_policy(path)
     except PolicyError as exc:
@@ -151,12 +151,12 @@ def cmd_serve(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .benchmark import run_bench
+    from .drills.benchmark import run_bench
     return run_bench(args)
 
 
 def cmd_upstream(args) -> int:
-    from .upstream import main as upstream_main
+    from .drills.upstream import main as upstream_main
     return upstream_main(args.rest)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from procs import Process, free_port, start_process
+from procs import EDGERULES, Process, free_port, start_process
 
 
 class GatewayProc(Process):
@@ -42,7 +42,7 @@ def start_gateway(rules: str | Path, directory: Path, *args: str, env: dict | No
         path = Path(rules)
     for attempt in range(3):
         port = free_port()
-        argv = [sys.executable, "-m", "engine.cli", "serve", "--rules", str(path), "--port", str(port), *args]
+        argv = [EDGERULES, "serve", "--rules", str(path), "--port", str(port), *args]
         try:
             return start_process(argv, f"http://127.0.0.1:{port}/healthz", timeout, env=env,
                                  cls=GatewayProc, port=port, rules=path)

@@ -10,7 +10,7 @@ import functools
 import json
 import random
 
-from engine.codegen import DISPATCH_MIN
+from edgerules.lang.codegen import DISPATCH_MIN
 from hypothesis import strategies as st
 
 PROVIDERS = ("openai", "anthropic", "local", "demo")

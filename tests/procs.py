@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -9,6 +10,18 @@ import tempfile
 import time
 
 import httpx
+
+
+def _console_script() -> str:
+    """The installed `edgerules` console script: beside this Python's executable, else on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "edgerules")
+    found = beside if os.access(beside, os.X_OK) else shutil.which("edgerules")
+    if not found:
+        raise RuntimeError("the `edgerules` console script is not installed: pip install -e '.[test]'")
+    return found
+
+
+EDGERULES = _console_script()
 
 
 def free_port() -> int:
@@ -105,10 +118,10 @@ class UpstreamProc(Process):
 
 
 def start_upstream(*args: str, timeout: float = 10.0) -> UpstreamProc:
-    """`python -m engine.upstream --port <free> *args`, ready to serve."""
+    """`python -m edgerules.drills.upstream --port <free> *args`, ready to serve."""
     for attempt in range(3):
         port = free_port()
-        argv = [sys.executable, "-m", "engine.upstream", "--port", str(port), *args]
+        argv = [sys.executable, "-m", "edgerules.drills.upstream", "--port", str(port), *args]
         try:
             return start_process(argv, f"http://127.0.0.1:{port}/healthz", timeout,
                                  cls=UpstreamProc, port=port)

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from engine.benchmark import BenchError, Rate, measure, read_requests
-from engine.policy import load_policy
-from engine.synth import policy_requests, synthetic_policy, synthetic_requests
+from edgerules.drills.benchmark import BenchError, Rate, measure, read_requests
+from edgerules.lang.policy import load_policy
+from edgerules.drills.synth import policy_requests, synthetic_policy, synthetic_requests
+from procs import EDGERULES
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", "bench", *args], cwd=ROOT,
+    return subprocess.run([EDGERULES, "bench", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -92,7 +93,7 @@ def test_bench_rejects_a_bad_request_file(tmp_path, content, message):
 
 
 def test_gateway_bench_measures_all_three_targets_in_one_run():
-    from engine import gatewaybench
+    from edgerules.drills import gatewaybench
 
     result = gatewaybench.run("rules/", seconds=1, connections=(2,), modes=("json",), progress=lambda m: None)
     figures = {f["target"]: f for f in result["figures"]}

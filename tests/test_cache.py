@@ -12,12 +12,12 @@ import orjson
 import pytest
 from starlette.responses import Response
 
-from engine.gateway.auth import KeyRing
-from engine.gateway.cache import ResponseCache
-from engine.gateway.pipeline import Call
-from engine.gateway.replay import StreamAssembler, stream_events
-from engine.gateway.state import Gateway, Live
-from engine.policy import load_policy
+from edgerules.gateway.auth import KeyRing
+from edgerules.gateway.cache import ResponseCache
+from edgerules.gateway.pipeline import Call
+from edgerules.gateway.replay import StreamAssembler, stream_events
+from edgerules.gateway.state import Gateway, Live
+from edgerules.lang.policy import load_policy
 from gw import start_gateway
 
 POLICY = """

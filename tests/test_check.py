@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import Diagnostic, PolicyError
-from engine.policy import build_policy, load_policy
-from engine.source import Source
-from engine.spec import DEFAULT_RETRY_CODES, Fallback, Price, RetrySpec, Single, Split
+from edgerules.lang.errors import Diagnostic, PolicyError
+from edgerules.lang.policy import build_policy, load_policy
+from edgerules.lang.source import Source
+from edgerules.lang.spec import DEFAULT_RETRY_CODES, Fallback, Price, RetrySpec, Single, Split
 
 DEMO = "provider demo { format echo }\n"   # line 1 of most policies below
 
@@ -438,7 +438,7 @@ def test_every_diagnostic_code_is_documented_in_the_guide():
     import re
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    text = "\n".join(p.read_text() for p in (root / "engine").glob("*.py"))
+    text = "\n".join(p.read_text() for p in (root / "engine").rglob("*.py"))
     codes = set(re.findall(r'(?:error|warn)\(\s*"([a-z0-9-]+)"', text))
     codes |= set(re.findall(r'Diagnostic\(\s*"([a-z0-9-]+)"', text))
     codes |= {f"duplicate-{kind}" for kind in ("rule", "provider", "key")}
@@ -466,9 +466,9 @@ def test_shown_line_is_the_reported_line_whatever_separators_the_file_holds():
 
 
 def test_a_retry_option_given_twice_is_an_error():
-    from engine.errors import PolicyError
-    from engine.policy import build_policy
-    from engine.source import Source
+    from edgerules.lang.errors import PolicyError
+    from edgerules.lang.policy import build_policy
+    from edgerules.lang.source import Source
     text = 'provider p { format echo }\nrule r { retry 2 max 1s max 2s route p/m }\n'
     with pytest.raises(PolicyError) as info:
         build_policy([Source("t.rules", text)])
@@ -478,9 +478,9 @@ def test_a_retry_option_given_twice_is_an_error():
 
 
 def test_a_flood_of_errors_is_capped_in_the_report():
-    from engine.errors import MAX_ERRORS, PolicyError
-    from engine.policy import build_policy
-    from engine.source import Source
+    from edgerules.lang.errors import MAX_ERRORS, PolicyError
+    from edgerules.lang.policy import build_policy
+    from edgerules.lang.source import Source
     text = "".join(f'rule r{i} {{ when modle == "x" route nowhere }}\n' for i in range(60))
     with pytest.raises(PolicyError) as info:
         build_policy([Source("t.rules", text)])
@@ -492,8 +492,8 @@ def test_a_flood_of_errors_is_capped_in_the_report():
 
 
 def test_decide_rejects_an_unknown_engine():
-    from engine.policy import build_policy
-    from engine.source import Source
+    from edgerules.lang.policy import build_policy
+    from edgerules.lang.source import Source
     policy = build_policy([Source("t.rules", "provider p { format echo }\n")])
     with pytest.raises(ValueError, match="engine must be"):
         policy.decide({"model": "p/m"}, engine="interpretd")

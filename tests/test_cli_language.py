@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.policy import load_policy
+from edgerules.lang.policy import load_policy
+from procs import EDGERULES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,7 @@ CHAT = {"model": "smart", "messages": [{"role": "user", "content": "hi"}]}
 
 def edgerules(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], input=stdin if stdin is not None else "",
+    return subprocess.run([EDGERULES, *args], input=stdin if stdin is not None else "",
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
 
 

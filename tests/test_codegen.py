@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.codegen import DISPATCH_MIN, RUNTIME_HELPERS, generate
-from engine.errors import PolicyError, render_all
-from engine.policy import build_policy
-from engine.schema import DECIDE_ARGS
-from engine.source import Source
+from edgerules.lang.codegen import DISPATCH_MIN, RUNTIME_HELPERS, generate
+from edgerules.lang.errors import PolicyError, render_all
+from edgerules.lang.policy import build_policy
+from edgerules.lang.schema import DECIDE_ARGS
+from edgerules.lang.source import Source
 from policy_strategies import quote
+from procs import EDGERULES
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -185,7 +186,7 @@ def test_generation_is_deterministic_across_hash_seeds(tmp_path):
     outputs = set()
     for seed in ("1", "2", "3"):
         env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
-        result = subprocess.run([sys.executable, "-m", "engine.cli", "eval", str(path), "--show-code"],
+        result = subprocess.run([EDGERULES, "eval", str(path), "--show-code"],
                                 capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
         assert result.returncode == 0, result.stderr
         outputs.add(result.stdout)

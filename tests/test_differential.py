@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.errors import PolicyError
-from engine.policy import build_policy
-from engine.source import Source
+from edgerules.lang.errors import PolicyError
+from edgerules.lang.policy import build_policy
+from edgerules.lang.source import Source
 from policy_strategies import ENV, MODELS, policies, random_request, requests
 
 REQUESTS_PER_POLICY = 100

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import PolicyError, load_policy
-from engine.policy import build_policy, version_of
-from engine.source import Source
-from engine.spec import DEFAULT_RETRY_CODES, KeySpec, Price
+from edgerules import PolicyError, load_policy
+from edgerules.lang.policy import build_policy, version_of
+from edgerules.lang.source import Source
+from edgerules.lang.spec import DEFAULT_RETRY_CODES, KeySpec, Price
+from procs import EDGERULES
 
 ROOT = Path(__file__).resolve().parents[1]
 LANGUAGE_MD = ROOT.parent / "shared" / "LANGUAGE.md"
@@ -443,7 +444,7 @@ def test_section_8_policy_error_diagnostics_and_rendering(tmp_path):
         (str(path), 3, 10, "error"), (str(path), 4, 10, "error")]
     assert [d.message for d in err.diagnostics] == [
         "unknown field 'modle'", "deny status must be between 400 and 599, not 600"]
-    check = subprocess.run([sys.executable, "-m", "engine.cli", "check", str(path)], capture_output=True,
+    check = subprocess.run([EDGERULES, "check", str(path)], capture_output=True,
                            text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert check.returncode == 1
     assert check.stderr.strip() == str(err)

@@ -13,8 +13,8 @@ import openai
 import orjson
 import pytest
 
-from engine.gateway.limiter import async_uri, format_reset
-from engine.schema import estimate_tokens
+from edgerules.gateway.limiter import async_uri, format_reset
+from edgerules.lang.schema import estimate_tokens
 from gw import start_gateway
 from procs import Process, free_port, start_upstream
 

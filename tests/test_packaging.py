@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from procs import start_process
+from procs import EDGERULES, start_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ def _port_free(port: int) -> bool:
 def test_serve_with_no_arguments_answers_from_the_shipped_rules():
     if not _port_free(8080):
         pytest.skip("port 8080 is taken on this machine")
-    proc = start_process([sys.executable, "-m", "engine.cli", "serve"], "http://127.0.0.1:8080/healthz",
+    proc = start_process([EDGERULES, "serve"], "http://127.0.0.1:8080/healthz",
                          cwd=str(ROOT))
     try:
         body = {"model": "smart", "messages": [{"role": "user", "content": "hi"}]}
@@ -46,12 +46,12 @@ def test_wheel_ships_the_grammar(tmp_path):
     assert out.returncode == 0, out.stderr
     wheel = next(tmp_path.glob("edgerules-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "engine/grammar/edgerules.lark" in names
-    assert "engine/gateway/providers/echo.py" in names
+    assert "edgerules/grammar/edgerules.lark" in names
+    assert "edgerules/gateway/providers/echo.py" in names
 
 
 def test_grammar_loads_from_the_package_resources():
     from importlib import resources
-    text = resources.files("engine.grammar").joinpath("edgerules.lark").read_text()
-    from engine.parse import grammar_text
+    text = resources.files("edgerules.grammar").joinpath("edgerules.lark").read_text()
+    from edgerules.lang.parse import grammar_text
     assert text == grammar_text()

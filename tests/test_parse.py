@@ -7,11 +7,11 @@ import pytest
 from lark import Lark
 from lark import logger as lark_logger
 
-from engine import ast
-from engine.errors import PolicyError
-from engine.parse import grammar_text, parse_duration, parse_number, parse_source, unquote
-from engine.policy import build_policy
-from engine.source import Location, Source
+from edgerules.lang import ast
+from edgerules.lang.errors import PolicyError
+from edgerules.lang.parse import grammar_text, parse_duration, parse_number, parse_source, unquote
+from edgerules.lang.policy import build_policy
+from edgerules.lang.source import Location, Source
 
 
 def parse(text: str, name: str = "t.rules") -> ast.Program:

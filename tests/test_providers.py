@@ -9,10 +9,10 @@ import time
 import orjson
 import pytest
 
-from engine.gateway.providers import (AnthropicProvider, EchoProvider, OpenAIProvider, ProviderError,
+from edgerules.gateway.providers import (AnthropicProvider, EchoProvider, OpenAIProvider, ProviderError,
                                       build_provider, echo)
-from engine.gateway.providers.anthropic import StreamTranslator, to_chat_completion, to_messages_request
-from engine.spec import ProviderSpec
+from edgerules.gateway.providers.anthropic import StreamTranslator, to_chat_completion, to_messages_request
+from edgerules.lang.spec import ProviderSpec
 
 from procs import free_port, start_upstream
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.policy import load_policy, read_sources, version_of
+from edgerules.lang.policy import load_policy, read_sources, version_of
 from gw import start_gateway
 
 PROVIDERS = 'provider demo { format echo }\nprovider other { format echo }\n'
@@ -200,7 +200,7 @@ def test_admin_token_guards_admin_endpoints(policy_dir):
 
 def test_admin_refuses_non_loopback_clients_without_a_token(policy_dir, monkeypatch):
     from starlette.testclient import TestClient
-    from engine.gateway.server import create_app
+    from edgerules.gateway.server import create_app
 
     monkeypatch.delenv("EDGERULES_ADMIN_TOKEN", raising=False)
     app = create_app(str(policy_dir), watch=False)

@@ -210,7 +210,7 @@ def test_outage_drill_zero_client_errors(upstreams, gateways):
     assert health["primary"]["open"] is True         # the circuit opened
     served_during = len(routes)
     # Bring the primary back on its port; after the cooldown traffic returns to it.
-    revived = start_process([sys.executable, "-m", "engine.upstream", "--port", str(port)],
+    revived = start_process([sys.executable, "-m", "edgerules.drills.upstream", "--port", str(port)],
                             f"http://127.0.0.1:{port}/healthz", cls=UpstreamProc, port=port)
     try:
         deadline = time.monotonic() + 6

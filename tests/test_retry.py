@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from engine.gateway.retry import is_retryable, retry_delay
-from engine.spec import RetrySpec
+from edgerules.gateway.retry import is_retryable, retry_delay
+from edgerules.lang.spec import RetrySpec
 
 
 @pytest.mark.parametrize("shape, expected", [

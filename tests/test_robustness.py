@@ -9,9 +9,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.errors import PolicyError
-from engine.policy import build_policy, load_policy
-from engine.source import Source
+from edgerules.lang.errors import PolicyError
+from edgerules.lang.policy import build_policy, load_policy
+from edgerules.lang.source import Source
 from policy_strategies import ENV, random_request
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import random
 
-from engine.gateway.router import Health, plan, resolve_model
-from engine.spec import Fallback, Fastest, ProviderSpec, Single, Split
+from edgerules.gateway.router import Health, plan, resolve_model
+from edgerules.lang.spec import Fallback, Fastest, ProviderSpec, Single, Split
 
 A, B, C = Single("a", "m1"), Single("b", "m2"), Single("c", None)
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from gw import start_gateway
+from procs import EDGERULES
 
 POLICY = 'provider demo { format echo }\nrule cached { cache ttl 1h route demo/echo }\n'
 
@@ -22,7 +23,7 @@ def test_cache_max_entries_flag_bounds_the_cache(tmp_path):
 
 def test_bad_sizes_are_refused_before_serving():
     for args in (["--cache-max-bytes", "12zz"], ["--max-body", "lots"], ["--cache-max-entries", "0"]):
-        out = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--no-watch", *args],
+        out = subprocess.run([EDGERULES, "serve", "--no-watch", *args],
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 2, out.stderr
         assert out.stderr.startswith("edgerules serve: ")

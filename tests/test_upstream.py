@@ -7,8 +7,8 @@ import httpx
 import orjson
 import pytest
 
-from engine import upstream
-from engine.gateway.providers import echo
+from edgerules.drills import upstream
+from edgerules.gateway.providers import echo
 
 from procs import start_upstream
 

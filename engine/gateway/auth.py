@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from ..spec import KeySpec
+from ..lang.spec import KeySpec
 from .errors import GatewayError
 
 

@@ -14,8 +14,8 @@ from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimite
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
-from ..schema import estimate_tokens
-from ..spec import LimitSpec, target_leaves
+from ..lang.schema import estimate_tokens
+from ..lang.spec import LimitSpec, target_leaves
 from .errors import GatewayError
 from .router import resolve_model
 from .usage import ask_stream_usage

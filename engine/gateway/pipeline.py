@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from starlette.responses import Response, StreamingResponse
 
-from ..spec import Single, Target
+from ..lang.spec import Single, Target
 from .errors import GatewayError, error_body
 from .providers import ProviderError
 from .retry import is_retryable, retry_delay
 from .router import plan, resolve_model
 
 if TYPE_CHECKING:
-    from ..decision import Decision
+    from ..lang.decision import Decision
     from .state import Gateway, Live
 
 log = logging.getLogger("edgerules.gateway")

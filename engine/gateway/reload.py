@@ -12,8 +12,8 @@ import signal
 import time
 from pathlib import Path
 
-from ..errors import PolicyError
-from ..policy import load_policy, read_sources, version_of
+from ..lang.errors import PolicyError
+from ..lang.policy import load_policy, read_sources, version_of
 
 log = logging.getLogger("edgerules.reload")
 
@@ -141,5 +141,5 @@ def _describe(old, new, changes: dict) -> str:
 
 
 def _io_diagnostic(exc: OSError):
-    from ..errors import Diagnostic
+    from ..lang.errors import Diagnostic
     return Diagnostic("io", f"cannot read the policy: {exc.strerror or exc}", None)

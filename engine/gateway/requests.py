@@ -4,7 +4,7 @@ from __future__ import annotations
 import orjson
 from starlette.requests import Request
 
-from ..schema import METADATA_HEADER, body_error, metadata_error
+from ..lang.schema import METADATA_HEADER, body_error, metadata_error
 from .errors import GatewayError
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,

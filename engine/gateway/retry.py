@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 
-from ..spec import RetrySpec
+from ..lang.spec import RetrySpec
 
 
 def retry_delay(spec: RetrySpec, k: int, retry_after: float | None = None,

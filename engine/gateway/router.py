@@ -10,7 +10,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from ..spec import Fallback, Fastest, ProviderSpec, Single, Split, Target
+from ..lang.spec import Fallback, Fastest, ProviderSpec, Single, Split, Target
 
 EWMA_ALPHA = 0.3
 

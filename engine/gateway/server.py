@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import PolicyError
-from ..policy import load_policy
+from ..lang.errors import PolicyError
+from ..lang.policy import load_policy
 from .errors import GatewayError, error_response
 from .pipeline import Call, forward
 from .reload import Reloader
@@ -284,7 +284,7 @@ def serve(args) -> int:
         print(exc, file=sys.stderr)
         return 1
     if policy.warnings:
-        from ..errors import render_all
+        from ..lang.errors import render_all
         print(render_all(policy.warnings, policy.sources), file=sys.stderr)
     os.environ[ENV_RULES] = args.rules
     os.environ[ENV_STATE] = args.state
@@ -296,7 +296,7 @@ def serve(args) -> int:
         os.environ["EDGERULES_CACHE_MAX_ENTRIES"] = str(args.cache_max_entries)
     if args.cache_max_bytes is not None:
         os.environ["EDGERULES_CACHE_MAX_BYTES"] = str(parse_size(args.cache_max_bytes))
-    uvicorn.run("engine.gateway.server:create_app", factory=True, host=args.host, port=args.port,
+    uvicorn.run("edgerules.gateway.server:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers if args.workers > 1 else None, loop="uvloop", http="httptools",
                 log_level=args.log_level, access_log=False, log_config=None)
     return 0

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from ..policy import Policy
+from ..lang.policy import Policy
 from .auth import KeyRing
 from .metrics import Metrics
 from .providers import Provider, build_provider
@@ -40,8 +40,8 @@ class Gateway:
         self.health = Health()
         self.metrics = Metrics()
         self.rng = random.Random()
-        self.limiter = None   # engine.gateway.limiter.Limiter, set by the app
-        self.cache = None     # engine.gateway.cache.ResponseCache, set by the app
+        self.limiter = None   # edgerules.gateway.limiter.Limiter, set by the app
+        self.cache = None     # edgerules.gateway.cache.ResponseCache, set by the app
         self.last_error: dict | None = None
 
     # ---- policy swaps -------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Upstream provider clients, picked by a provider's `format`."""
 from __future__ import annotations
 
-from ...spec import ProviderSpec
+from ...lang.spec import ProviderSpec
 from .anthropic import AnthropicProvider
 from .base import Provider, ProviderError, UpstreamResponse, UpstreamStream
 from .echo import EchoProvider

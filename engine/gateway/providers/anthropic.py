@@ -8,7 +8,7 @@ from contextlib import aclosing
 import aiohttp
 import orjson
 
-from ...spec import ProviderSpec
+from ...lang.spec import ProviderSpec
 from .base import DONE, HttpProvider, ProviderError, UpstreamResponse, UpstreamStream
 from .echo import message_text
 

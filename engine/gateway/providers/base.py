@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from ...spec import ProviderSpec
+from ...lang.spec import ProviderSpec
 
 DONE = b"data: [DONE]\n\n"
 _KINDS = frozenset({"status", "timeout", "connect", "stream", "unsupported"})

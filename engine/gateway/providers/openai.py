@@ -6,7 +6,7 @@ from contextlib import aclosing
 
 import aiohttp
 
-from ...spec import ProviderSpec
+from ...lang.spec import ProviderSpec
 from .base import DONE, HttpProvider, ProviderError, UpstreamResponse, UpstreamStream, error_message
 
 DEFAULT_URL = "https://api.openai.com/v1"

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .errors import PolicyError
-from .policy import Policy, load_policy
-from .schema import body_error
+from ..lang.errors import PolicyError
+from ..lang.policy import Policy, load_policy
+from ..lang.schema import body_error
 from .synth import policy_requests
 
 SAMPLE_SIZE = 256

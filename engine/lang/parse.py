@@ -5,7 +5,6 @@ import difflib
 import functools
 import math
 from importlib import resources
-from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -27,11 +26,8 @@ _TERMINAL_WORDS = {
 
 
 def grammar_text() -> str:
-    """The grammar, from the checkout when running from one, else from the installed wheel."""
-    beside = Path(__file__).resolve().parent.parent / "grammar" / GRAMMAR_NAME
-    if beside.is_file():
-        return beside.read_text(encoding="utf-8")
-    return resources.files("engine.grammar").joinpath(GRAMMAR_NAME).read_text(encoding="utf-8")
+    """The grammar file shipped as the `edgerules.grammar` package (grammar/ in a checkout)."""
+    return resources.files("edgerules.grammar").joinpath(GRAMMAR_NAME).read_text(encoding="utf-8")
 
 
 @functools.cache

@@ -1,6 +1,6 @@
 """A bounded aiohttp load generator, for machines without wrk: N connections for D seconds.
 
-`python -m engine.loadgen URL --body FILE --connections N --seconds D` prints JSON:
+`python -m edgerules.drills.loadgen URL --body FILE --connections N --seconds D` prints JSON:
 {"requests", "errors", "rps", "p50_ms", "p99_ms"}. It stops by itself.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ async def run(url: str, body: bytes, connections: int, seconds: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.loadgen")
+    parser = argparse.ArgumentParser(prog="python -m edgerules.drills.loadgen")
     parser.add_argument("url")
     parser.add_argument("--body", required=True, help="file with the JSON body to POST")
     parser.add_argument("--connections", type=int, default=1)

@@ -3,7 +3,7 @@
 Everything runs on 127.0.0.1 in processes this module starts and stops by PID: the fake
 upstream (`edgerules upstream`), the bare Starlette+aiohttp pass-through, and the gateway on the
 given policy plus one provider pointing at the upstream. Load comes from wrk when installed,
-else from engine.loadgen in its own process. Every figure of one call is taken in one run, so
+else from edgerules.drills.loadgen in its own process. Every figure of one call is taken in one run, so
 the ratios are comparable even on a noisy machine.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _load(url: str, body: bytes, connections: int, seconds: float) -> dict:
     with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
         f.write(body)
     try:
-        out = subprocess.run([sys.executable, "-m", "engine.loadgen", url, "--body", f.name,
+        out = subprocess.run([sys.executable, "-m", "edgerules.drills.loadgen", url, "--body", f.name,
                               "--connections", str(connections), "--seconds", str(seconds)],
                              capture_output=True, text=True, timeout=seconds + 60)
         return json.loads(out.stdout)
@@ -148,11 +148,11 @@ def run(rules: str = "rules/", seconds: float = 3.0, connections=(1, 32), modes=
     policy_dir = bench_policy_dir(rules, upstream_url)
     try:
         say("starting the upstream, the pass-through and the gateway ...")
-        procs.append(_start([py, "-m", "engine.upstream", "--port", str(up_port)],
+        procs.append(_start([py, "-m", "edgerules.drills.upstream", "--port", str(up_port)],
                             f"http://127.0.0.1:{up_port}/healthz"))
-        procs.append(_start([py, "-m", "engine.passthrough", "--upstream", upstream_url, "--port", str(pt_port)],
+        procs.append(_start([py, "-m", "edgerules.drills.passthrough", "--upstream", upstream_url, "--port", str(pt_port)],
                             f"http://127.0.0.1:{pt_port}/healthz"))
-        procs.append(_start([py, "-m", "engine.cli", "serve", "--rules", policy_dir, "--port", str(gw_port),
+        procs.append(_start([py, "-m", "edgerules", "serve", "--rules", policy_dir, "--port", str(gw_port),
                              "--no-watch", "--log-level", "warning"], f"http://127.0.0.1:{gw_port}/healthz"))
         targets = {
             "direct": (f"http://127.0.0.1:{up_port}/v1/chat/completions", procs[0].pid),
@@ -177,7 +177,7 @@ def run(rules: str = "rules/", seconds: float = 3.0, connections=(1, 32), modes=
         for proc in reversed(procs):
             _stop(proc)
         shutil.rmtree(policy_dir, ignore_errors=True)
-    return {"loadgen": "wrk" if shutil.which("wrk") else "engine.loadgen", "seconds": seconds,
+    return {"loadgen": "wrk" if shutil.which("wrk") else "edgerules.drills.loadgen", "seconds": seconds,
             "figures": [asdict(f) for f in figures], "ratios": ratios(figures)}
 
 
@@ -221,7 +221,7 @@ def render(result: dict) -> str:
 
 if __name__ == "__main__":
     import argparse
-    p = argparse.ArgumentParser(prog="python -m engine.gatewaybench")
+    p = argparse.ArgumentParser(prog="python -m edgerules.drills.gatewaybench")
     p.add_argument("rules", nargs="?", default="rules/")
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--json", action="store_true")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from . import ast
-from .schema import FIELDS, METADATA_HEADER
+from ..lang import ast
+from ..lang.schema import FIELDS, METADATA_HEADER
 
 GUARDS = 4           # rules before the model rules
 MIN_RULES = GUARDS + 2  # the guards, at least one model rule, the catch-all

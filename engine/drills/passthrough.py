@@ -1,7 +1,7 @@
 """A bare Starlette + aiohttp pass-through: the floor a Python gateway can reach, for benchmarks.
 
 It forwards POST /v1/chat/completions to one upstream with one shared aiohttp session and no
-policy, no validation, no headers of its own. `python -m engine.passthrough --upstream URL --port P`.
+policy, no validation, no headers of its own. `python -m edgerules.drills.passthrough --upstream URL --port P`.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def create_app(upstream: str) -> Starlette:
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    parser = argparse.ArgumentParser(prog="python -m engine.passthrough")
+    parser = argparse.ArgumentParser(prog="python -m edgerules.drills.passthrough")
     parser.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:8081/v1")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
