@@ -14,8 +14,8 @@ from http import HTTPStatus
 
 import orjson
 
-from ..gateway.providers import echo
-from ..gateway.providers.base import DONE
+from ...gateway.providers import echo
+from ...gateway.providers.base import DONE
 
 MODELS = ("echo",)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*$")
