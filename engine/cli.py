@@ -66,10 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway", action="store_true", help="also measure whole requests through the gateway")
     p.set_defaults(run=cmd_bench)
 
-    p = sub.add_parser("upstream", help="a fake OpenAI-compatible provider with fault injection",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(run=cmd_upstream)
+    from .drills.upstream import cli as upstream_cli
+    p = sub.add_parser("upstream", help="a fake OpenAI- or Anthropic-compatible provider with fault injection",
+                       description=upstream_cli.DESCRIPTION)
+    upstream_cli.add_arguments(p)
+    p.set_defaults(run=upstream_cli.run)
     return parser
 
 
@@ -153,11 +154,6 @@ def cmd_serve(args) -> int:
 def cmd_bench(args) -> int:
     from .drills.benchmark import run_bench
     return run_bench(args)
-
-
-def cmd_upstream(args) -> int:
-    from .drills.upstream import main as upstream_main
-    return upstream_main(args.rest)
 
 
 if __name__ == "__main__":

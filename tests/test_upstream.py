@@ -1,6 +1,7 @@
 """The fake upstream, driven over real HTTP: answers, stream events, faults, control and stats."""
 from __future__ import annotations
 
+import subprocess
 import time
 
 import httpx
@@ -10,7 +11,7 @@ import pytest
 from edgerules.drills import upstream
 from edgerules.gateway.providers import echo
 
-from procs import start_upstream
+from procs import EDGERULES, free_port, start_process, start_upstream
 
 CHAT = {"model": "m1", "messages": [{"role": "system", "content": "be brief"},
                                     {"role": "user", "content": "hello there world"}]}
@@ -249,3 +250,33 @@ def test_parse_duration_and_arguments():
     assert (args.host, args.port, args.fail_status, args.status) == ("127.0.0.1", 8081, 503, None)
     with pytest.raises(SystemExit):
         upstream.main(["--fail-rate", "2"])
+
+
+def test_console_script_takes_every_documented_flag():
+    port = free_port()
+    argv = [EDGERULES, "upstream", "--port", str(port), "--format", "openai", "--latency", "20ms",
+            "--fail-rate", "0.5", "--fail-status", "502", "--retry-after", "1s", "--drop-after", "5",
+            "--error-after", "6", "--chunk-delay", "1ms", "--seed", "3"]
+    with start_process(argv, f"http://127.0.0.1:{port}/healthz") as proc:
+        faults = httpx.get(f"http://127.0.0.1:{port}/_stats", trust_env=False).json()["faults"]
+        assert faults == {"latency": 0.02, "fail_rate": 0.5, "fail_status": 502, "status": None,
+                          "retry_after": 1.0, "drop_after": 5, "error_after": 6, "chunk_delay": 0.001,
+                          "fail_next": 0}
+        statuses = {httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT,
+                               trust_env=False).status_code for _ in range(20)}
+        assert statuses == {200, 502}
+        assert "Traceback" not in proc.output()
+
+
+def test_console_script_status_flag_and_help():
+    port = free_port()
+    with start_process([EDGERULES, "upstream", "--port", str(port), "--status", "429"],
+                       f"http://127.0.0.1:{port}/healthz"):
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", trust_env=False).status_code == 429
+    out = subprocess.run([EDGERULES, "upstream", "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("usage: edgerules upstream")
+    for flag in ("--port", "--format", "--latency", "--fail-rate", "--fail-status", "--status",
+                 "--retry-after", "--drop-after", "--error-after", "--chunk-delay", "--seed"):
+        assert flag in out.stdout
+    bad = subprocess.run([EDGERULES, "upstream", "--fail-rate", "2"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "fail rate must be between 0 and 1" in bad.stderr
