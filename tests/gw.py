@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from procs import EDGERULES, Process, free_port, start_process
+from procs import EDGERULES, Process, free_port, start_process, wait_until
 
 
 class GatewayProc(Process):
@@ -25,6 +25,14 @@ class GatewayProc(Process):
         headers = fields.pop("headers", None)
         body = {"model": model, "messages": [{"role": "user", "content": content}], **fields}
         return self.http.post("/v1/chat/completions", json=body, headers=headers)
+
+    def wait_for_output(self, text: str, count: int = 1, timeout: float = 30.0) -> str:
+        """Wait until the process has printed `text` at least `count` times; returns the output."""
+        return wait_until(lambda: self.output() if self.output().count(text) >= count else "",
+                          timeout, what=f"{text!r} x{count} in the gateway's output")
+
+    def admin_policy(self) -> dict:
+        return self.http.get("/admin/policy").raise_for_status().json()
 
     def stop(self, timeout: float = 5.0):
         self.http.close()

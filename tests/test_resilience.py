@@ -10,33 +10,7 @@ import openai
 import pytest
 
 from gw import start_gateway
-from procs import UpstreamProc, start_process, start_upstream
-
-
-@pytest.fixture
-def upstreams():
-    started = []
-
-    def make(*args):
-        up = start_upstream(*args)
-        started.append(up)
-        return up
-    yield make
-    for up in started:
-        up.stop()
-
-
-@pytest.fixture
-def gateways(tmp_path):
-    started = []
-
-    def make(text, *args, **kw):
-        gw = start_gateway(text, tmp_path / f"gw{len(started)}", "--no-watch", *args, **kw)
-        started.append(gw)
-        return gw
-    yield make
-    for gw in started:
-        gw.stop()
+from procs import UpstreamProc, start_process, wait_until
 
 
 def _timed(fn):
@@ -137,15 +111,43 @@ def test_upstream_timeout_is_504(upstreams, gateways):
     assert resp.json()["error"]["code"] == "upstream_timeout"
 
 
-def test_deadline_bounds_the_whole_chain(upstreams, gateways):
+def test_the_deadline_ends_a_slow_attempt_with_504_and_no_retry_follows(upstreams, gateways):
+    up = upstreams("--latency", "60s")
+    gw = gateways(f'provider up {{ url "{up.url}" }}\n'
+                  'rule r { retry 5 backoff constant 10ms timeout 60s deadline 1s route up/m }')
+    resp = gw.chat("x")
+    assert resp.status_code == 504
+    error = resp.json()["error"]
+    assert error["code"] == "deadline_exceeded" and "deadline of 1s passed after 1 attempt" in error["message"]
+    # Five retries were allowed and the attempt's own timeout is 60s: only the deadline stopped it.
+    assert resp.headers["x-edgerules-attempts"] == "1"
+    assert up.stats()["chat"] == 1
+
+
+def test_a_retry_that_cannot_start_before_the_deadline_is_not_made(upstreams, gateways):
     up = upstreams()
     gw = gateways(f'provider up {{ url "{up.url}" }}\n'
-                  'rule r { retry 5 backoff constant 300ms deadline 700ms route up/m }')
+                  'rule r { retry 5 backoff constant 30s deadline 2s route up/m }')
     up.control(status=503)
-    resp, elapsed = _timed(lambda: gw.chat("x"))
-    assert resp.status_code in (502, 504)
-    assert int(resp.headers["x-edgerules-attempts"]) < 6   # the deadline cut the retries short
-    assert resp.headers["x-should-retry"] == "false"
+    resp = gw.chat("x")
+    # The first delay alone would pass the deadline, so the chain ends on the upstream's own error
+    # at once instead of sleeping: one attempt, one upstream call.
+    assert resp.status_code == 502 and "answered 503" in resp.json()["error"]["message"]
+    assert resp.headers["x-edgerules-attempts"] == "1"
+    assert up.stats()["chat"] == 1
+
+
+def test_a_deadline_cuts_a_chain_of_retries_short(upstreams, gateways):
+    up = upstreams()
+    gw = gateways(f'provider up {{ url "{up.url}" }}\n'
+                  'rule r { retry 5 backoff constant 400ms deadline 1s route up/m }')
+    up.control(status=503)
+    resp = gw.chat("x")
+    # Attempts at about 0, 0.4 and 0.8s fit; a fourth would start after the deadline. However slow
+    # the machine, never all six attempts, and SDKs are told not to add theirs.
+    attempts = int(resp.headers["x-edgerules-attempts"])
+    assert 1 <= attempts <= 3 and up.stats()["chat"] == attempts
+    assert resp.status_code == 502 and resp.headers["x-should-retry"] == ("false" if attempts > 1 else None)
 
 
 def test_deadline_on_a_slow_upstream_is_504(upstreams, gateways):
@@ -188,11 +190,16 @@ def test_outage_drill_zero_client_errors(upstreams, gateways):
                   f'provider secondary {{ url "{secondary.url}" }}\n'
                   'rule r { retry 1 backoff constant 10ms route fallback [primary/m, secondary/m] }')
     errors, routes, stop = [], [], threading.Event()
+    # Every client loop is bounded in requests and in time, and stopped in `finally`: a failed
+    # assertion must never leave threads looping behind pytest.
+    give_up_at = time.monotonic() + 120
 
     def traffic():
-        with httpx.Client(base_url=gw.url, trust_env=False, timeout=10) as http:
-            while not stop.is_set():
-                body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+        body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+        with httpx.Client(base_url=gw.url, trust_env=False, timeout=60) as http:
+            for _ in range(5_000):
+                if stop.is_set() or time.monotonic() > give_up_at:
+                    return
                 try:
                     r = http.post("/v1/chat/completions", json=body)
                     (routes if r.status_code == 200 else errors).append(
@@ -200,27 +207,31 @@ def test_outage_drill_zero_client_errors(upstreams, gateways):
                 except httpx.HTTPError as exc:
                     errors.append(repr(exc))
 
-    threads = [threading.Thread(target=traffic) for _ in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(0.7)
-    primary.stop()                                   # the outage: kill the primary by its PID
-    time.sleep(0.8)
-    health = gw.http.get("/admin/policy").json()["health"]
-    assert health["primary"]["open"] is True         # the circuit opened
-    served_during = len(routes)
-    # Bring the primary back on its port; after the cooldown traffic returns to it.
-    revived = start_process([sys.executable, "-m", "edgerules.drills.upstream", "--port", str(port)],
-                            f"http://127.0.0.1:{port}/healthz", cls=UpstreamProc, port=port)
+    threads = [threading.Thread(target=traffic, daemon=True) for _ in range(4)]
+    revived = None
     try:
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline and routes[-1] != "primary/m":
-            time.sleep(0.1)
+        for t in threads:
+            t.start()
+        wait_until(lambda: routes.count("primary/m") >= 20, what="20 answers from the primary")
+        primary.stop()                                   # the outage: kill the primary by its PID
+        gw.wait_for_output("circuit for provider 'primary' opened")
+        wait_until(lambda: routes.count("secondary/m") >= 20, what="20 answers from the secondary")
+        served_during = len(routes)
+        # Bring the primary back on its port; after the cooldown traffic returns to it.
+        revived = start_process([sys.executable, "-m", "edgerules.drills.upstream", "--port", str(port)],
+                                f"http://127.0.0.1:{port}/healthz", cls=UpstreamProc, port=port)
+        wait_until(lambda: "primary/m" in routes[served_during:], timeout=60,
+                   what="an answer from the revived primary")
+        back = len(routes)
+        wait_until(lambda: routes[back:].count("primary/m") >= 20, what="20 more answers from the primary")
+        health = gw.admin_policy()["health"]["primary"]
+        assert health["open"] is False and health["failures"] == 0   # the first success closed it
+    finally:
         stop.set()
         for t in threads:
-            t.join(10)
-    finally:
-        revived.stop()
+            t.join(70)
+        if revived is not None:
+            revived.stop()
+    assert not any(t.is_alive() for t in threads)
     assert errors == []
-    assert "secondary/m" in routes and routes[-1] == "primary/m"
-    assert len(routes) > served_during
+    assert "secondary/m" in routes[:served_during]
