@@ -9,7 +9,8 @@ from lark import logger as lark_logger
 
 from edgerules.lang import ast
 from edgerules.lang.errors import PolicyError
-from edgerules.lang.parse import grammar_text, parse_duration, parse_number, parse_source, unquote
+from edgerules.lang.build import parse_duration, parse_number, unquote
+from edgerules.lang.parse import grammar_text, parse_source
 from edgerules.lang.policy import build_policy
 from edgerules.lang.source import Location, Source
 

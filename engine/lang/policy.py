@@ -65,6 +65,11 @@ def build_policy(sources: list[Source], env: Mapping[str, str] | None = None, pa
     gc.disable()
     try:
         return _build(sources, env, path)
+    except RecursionError:
+        # parse.py refuses deep nesting with a position; this is the net under any other shape.
+        raise PolicyError([Diagnostic("too-deep", "the policy nests too deeply to be compiled", None,
+                                      hint="split deep conditions or targets into several rules")],
+                          {s.name: s for s in sources}) from None
     finally:
         if enabled:
             gc.enable()

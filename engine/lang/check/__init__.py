@@ -1,0 +1,49 @@
+"""The checker: turns a parsed Program into a CheckedPolicy, collecting every diagnostic instead of
+stopping at the first.
+
+One concern a module: declarations.py (providers, keys), rules.py (rule order, actions, limits,
+retries, targets), expressions.py (fields, types, regexes); checked.py holds what comes out.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+from .. import ast
+from ..errors import Diagnostic
+from ..source import Location
+from ..spec import ProviderSpec
+from .checked import CheckedAction, CheckedPolicy, CheckedRule
+from .declarations import DEFAULT_URLS, FORMATS, DeclarationChecks
+from .expressions import ExpressionChecks
+from .rules import RuleChecks
+
+__all__ = ["check_program", "CheckedAction", "CheckedPolicy", "CheckedRule", "FORMATS", "DEFAULT_URLS"]
+
+
+def check_program(program: ast.Program, env: Mapping[str, str] | None = None
+                  ) -> tuple[CheckedPolicy, list[Diagnostic]]:
+    checker = _Checker(os.environ if env is None else env)
+    return checker.run(program), checker.diagnostics
+
+
+class _Checker(DeclarationChecks, RuleChecks, ExpressionChecks):
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+        self.diagnostics: list[Diagnostic] = []
+        self.regexes: dict[str, object] = {}
+        self.split_ids = 0
+        self.providers: dict[str, ProviderSpec] = {}
+
+    def error(self, code: str, message: str, loc: Location | None, hint: str | None = None):
+        self.diagnostics.append(Diagnostic(code, message, loc, "error", hint))
+
+    def warn(self, code: str, message: str, loc: Location | None, hint: str | None = None):
+        self.diagnostics.append(Diagnostic(code, message, loc, "warning", hint))
+
+    def run(self, program: ast.Program) -> CheckedPolicy:
+        self.providers = self._providers(program.providers)
+        keys = self._keys(program.keys)
+        rules = self._rules(program.rules)
+        self._warn_missing_prices(rules)
+        return CheckedPolicy(self.providers, keys, rules, self.regexes)

@@ -1,0 +1,128 @@
+"""Checks of the declarations: providers (url, format, key, timeout, cooldown, prices) and keys."""
+from __future__ import annotations
+
+import difflib
+import re
+
+from .. import ast
+from ..source import Location
+from ..spec import DEFAULT_COOLDOWN, DEFAULT_FAILURES, DEFAULT_TIMEOUT, KeySpec, Price, ProviderSpec
+
+FORMATS = ("openai", "anthropic", "echo")
+DEFAULT_URLS = {"anthropic": "https://api.anthropic.com/v1"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class DeclarationChecks:
+    """Mixed into the checker: needs self.env, self.error, self.warn."""
+
+    def _duplicate(self, kind: str, name: str, loc: Location, seen: dict[str, Location]) -> bool:
+        if name in seen:
+            self.error(f"duplicate-{kind}", f"{kind} '{name}' is already declared at {seen[name]}", loc)
+            return True
+        seen[name] = loc
+        return False
+
+    def _value(self, value: ast.Value, secret: bool, what: str) -> str | None:
+        if value.kind == "env":
+            if value.text not in self.env:
+                self.error("missing-env", f"environment variable '{value.text}' is not set", value.loc,
+                           hint=f"export {value.text}=... before loading the policy")
+                return None
+            return self.env[value.text]
+        if secret and value.text:
+            self.warn("literal-secret", f"{what} is written literally in the file", value.loc,
+                      hint='prefer env("NAME") so the secret stays out of the policy files')
+        return value.text
+
+    def _once(self, settings, loc_seen: dict, setting: ast.Setting) -> bool:
+        if setting.name in loc_seen and setting.name != "price":
+            self.error("duplicate-setting", f"'{setting.name}' is already set at {loc_seen[setting.name]}",
+                       setting.loc)
+            return False
+        loc_seen[setting.name] = setting.loc
+        return True
+
+    def _providers(self, decls) -> dict[str, ProviderSpec]:
+        seen: dict[str, Location] = {}
+        out: dict[str, ProviderSpec] = {}
+        for decl in decls:
+            if self._duplicate("provider", decl.name, decl.loc, seen):
+                continue
+            out[decl.name] = self._provider(decl)
+        return out
+
+    def _provider(self, decl: ast.ProviderDecl) -> ProviderSpec:
+        opts: dict = {"prices": []}
+        set_at: dict = {}
+        price_at: dict[str, Location] = {}
+        for s in decl.settings:
+            if not self._once(decl.settings, set_at, s):
+                continue
+            if s.name == "url":
+                opts["url"] = self._value(s.args[0], False, "url")
+            elif s.name == "api_key":
+                opts["api_key"] = self._value(s.args[0], True, f"the api_key of provider '{decl.name}'")
+            elif s.name == "format":
+                self._format(s, opts)
+            elif s.name == "timeout":
+                if s.args[0] <= 0:
+                    self.error("bad-duration", "timeout must be longer than zero", s.loc)
+                opts["timeout"] = s.args[0]
+            elif s.name == "cooldown":
+                duration, failures, failures_loc = s.args
+                if duration <= 0:
+                    self.error("bad-duration", "cooldown must be longer than zero", s.loc)
+                if not isinstance(failures, int) or failures < 1:
+                    self.error("bad-number", "failures must be a whole number of at least 1", failures_loc)
+                opts["cooldown"], opts["failures"] = duration, failures
+            elif s.name == "price":
+                model, inp, out = s.args
+                if model in price_at:
+                    self.error("duplicate-setting", f"price of '{model}' is already set at {price_at[model]}", s.loc)
+                elif inp < 0 or out < 0:
+                    self.error("bad-number", "prices cannot be negative", s.loc)
+                price_at[model] = s.loc
+                opts["prices"].append((model, Price(float(inp), float(out))))
+        fmt = opts.get("format", "openai")
+        url = opts.get("url") or DEFAULT_URLS.get(fmt)
+        bad_format = "format" in set_at and "format" not in opts  # already reported
+        if fmt == "openai" and "url" not in opts and not bad_format:
+            self.error("missing-url", f"provider '{decl.name}' needs a url", decl.loc,
+                       hint='add url "http://..." (any OpenAI-compatible server) or format echo')
+        return ProviderSpec(decl.name, fmt, url.rstrip("/") if url else url, opts.get("api_key"),
+                            opts.get("timeout", DEFAULT_TIMEOUT), opts.get("cooldown", DEFAULT_COOLDOWN),
+                            opts.get("failures", DEFAULT_FAILURES), tuple(opts["prices"]))
+
+    def _format(self, s: ast.Setting, opts: dict) -> None:
+        fmt = s.args[0]
+        if fmt in FORMATS:
+            opts["format"] = fmt
+            return
+        close = difflib.get_close_matches(fmt, FORMATS, n=1)
+        self.error("bad-format", f"unknown format '{fmt}'", s.loc,
+                   hint=f"did you mean '{close[0]}'?" if close else "use openai, anthropic or echo")
+
+    def _keys(self, decls) -> tuple[KeySpec, ...]:
+        seen: dict[str, Location] = {}
+        out = []
+        for decl in decls:
+            if self._duplicate("key", decl.name, decl.loc, seen):
+                continue
+            secret = digest = None
+            set_at: dict = {}
+            for s in decl.settings:
+                if not self._once(decl.settings, set_at, s):
+                    continue
+                if s.name == "secret":
+                    secret = self._value(s.args[0], True, f"the secret of key '{decl.name}'")
+                elif s.name == "sha256":
+                    digest = s.args[0].lower()
+                    if not _SHA256.fullmatch(digest):
+                        self.error("bad-sha256", "sha256 must be 64 hexadecimal digits", s.loc)
+            if ("secret" in set_at) == ("sha256" in set_at):
+                self.error("key-secret", f"key '{decl.name}' needs exactly one of secret or sha256", decl.loc)
+            elif secret == "":
+                self.error("key-secret", f"the secret of key '{decl.name}' is empty", set_at["secret"])
+            out.append(KeySpec(decl.name, secret or None, digest))
+        return tuple(out)
