@@ -1,12 +1,20 @@
 """Diagnostics, PolicyError, and the caret renderer that prints them."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from .source import Location, Source
 
 MAX_ERRORS = 50
+# A secret written literally (`api_key "sk-..."`, `secret "..."`) is shown as stars of the same
+# length wherever a diagnostic prints its line, so the caret still lines up.
+_LITERAL_SECRET = re.compile(r'\b((?:api_key|secret)\s+")((?:[^"\\]|\\.)*)"')
+
+
+def mask_secrets(line: str) -> str:
+    return _LITERAL_SECRET.sub(lambda m: m.group(1) + "*" * len(m.group(2)) + '"', line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +48,7 @@ class Diagnostic:
             return head
         out = [f"{loc}: {head}"]
         source = (sources or {}).get(loc.file)
-        text = source.line_text(loc.line) if source else ""
+        text = mask_secrets(source.line_text(loc.line)) if source else ""
         if text:
             width = max(1, (loc.end_column or loc.column + 1) - loc.column)
             gutter = " " * len(str(loc.line))
