@@ -16,7 +16,7 @@ import pytest
 from edgerules.gateway.limiter import async_uri, format_reset
 from edgerules.lang.schema import estimate_tokens
 from gw import start_gateway
-from procs import Process, free_port, start_upstream
+from procs import Process, free_port, skip_or_fail_in_ci, start_upstream, wait_until
 
 ALICE, BOB = "sk-alice-limits-test", "sk-bob-limits-test"
 PRICE_IN, PRICE_OUT = 100.0, 200.0            # USD per 1M tokens of up/m
@@ -60,7 +60,7 @@ rule everything   { route up/m }
 def start_redis() -> tuple[Process, str]:
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed, so the Redis state backend is not tested")
+        skip_or_fail_in_ci("redis-server is not installed, so the Redis state backend is not tested")
     import redis
 
     port = free_port()
@@ -132,6 +132,12 @@ def read_stream(resp: httpx.Response) -> list[dict]:
     return [orjson.loads(e[6:]) for e in events[:-1]]
 
 
+def answered(gateway) -> int:
+    """Requests the gateway has finished (a stream finishes, and settles its budget, after its last event)."""
+    return sum(int(line.split()[-1]) for line in gateway.http.get("/metrics").text.splitlines()
+               if line.startswith("edgerules_requests_total{"))
+
+
 def limited(gateway, rule: str) -> int:
     for line in gateway.http.get("/metrics").text.splitlines():
         if line.startswith(f'edgerules_limited_total{{rule="{rule}"}} '):
@@ -201,6 +207,7 @@ def upstream_usage(upstream, body: dict) -> dict:
 
 def send(gateway, test: str, body: dict) -> tuple[httpx.Response, dict | None]:
     """One request and the usage the client saw (None when it did not ask for it on a stream)."""
+    before = answered(gateway)
     resp = gateway.post("/v1/chat/completions", json=body, headers={"x-test": test})
     if resp.status_code != 200:
         return resp, None
@@ -208,7 +215,9 @@ def send(gateway, test: str, body: dict) -> tuple[httpx.Response, dict | None]:
         return resp, resp.json()["usage"]
     chunks = read_stream(resp)
     usages = [c["usage"] for c in chunks if c.get("usage")]
-    time.sleep(0.05)   # a stream settles its budget after its last event; let that land
+    # The client may read the last event before the gateway settles the stream's budget: wait for
+    # the gateway to count the request as finished, which it does after settling.
+    wait_until(lambda: answered(gateway) > before, what="the stream to be settled")
     return resp, usages[-1] if usages else None
 
 
@@ -265,15 +274,30 @@ def test_cost_limit_charges_real_usage_streams_included(gateway):
 
 @pytest.mark.parametrize("kind", ["tokens", "cost"])
 async def test_100_concurrent_requests_cannot_overspend_a_budget_with_room_for_10(gateway, upstream, kind):
-    upstream.control(latency="1s")   # every admitted request is still in flight when the last one arrives
-    body = chat_body(CROWD_CONTENT, max_tokens=CROWD_MAX)
+    # Streams whose upstream sends one event and then stays silent until the client hangs up: every
+    # admitted request holds its budget until this test closes it, however slow the machine is.
+    upstream.control(chunk_delay="10m")
+    body = chat_body(CROWD_CONTENT, max_tokens=CROWD_MAX, stream=True)
     assert estimate_tokens(body) + CROWD_MAX == CROWD_HOLD_TOKENS
-    answers = await crowd(gateway, f"crowd-{kind}", 100, body)
-    ok = [r for r in answers if r.status_code == 200]
-    assert len(ok) == 10
-    assert {r.status_code for r in answers} == {200, 429}
-    assert upstream.stats()["chat"] == 10
-    usage = ok[0].json()["usage"]
+    limits = httpx.Limits(max_connections=110, max_keepalive_connections=110)
+    async with httpx.AsyncClient(base_url=gateway.url, trust_env=False, timeout=60.0, limits=limits,
+                                 headers={"authorization": f"Bearer {ALICE}", "x-test": f"crowd-{kind}"}
+                                 ) as client:
+        async def open_stream():
+            return await client.send(client.build_request("POST", "/v1/chat/completions", json=body),
+                                     stream=True)
+
+        answers = await asyncio.gather(*(open_stream() for _ in range(100)), return_exceptions=True)
+        try:
+            assert not [a for a in answers if isinstance(a, BaseException)], answers
+            statuses = [r.status_code for r in answers]
+            assert statuses.count(200) == 10 and statuses.count(429) == 90, statuses
+            assert upstream.stats()["chat"] == 10
+        finally:
+            for r in answers:
+                if not isinstance(r, BaseException):
+                    await r.aclose()
+    usage = upstream_usage(upstream, chat_body(CROWD_CONTENT, max_tokens=CROWD_MAX))
     real = usage["prompt_tokens"] + usage["completion_tokens"] if kind == "tokens" else nano_cost(usage)
     hold = CROWD_HOLD_TOKENS if kind == "tokens" else CROWD_HOLD_NANO
     assert real < hold   # and yet the holds, not the real spend, decided who got in
