@@ -88,8 +88,8 @@ def cmd_check(args) -> int:
     policy = _load(args.path)
     if policy is None:
         return 1
-    if policy.warnings:
-        print(render_all(policy.warnings, policy.sources), file=sys.stderr)
+    if policy.warnings or policy.notes:
+        print(render_all(policy.warnings + policy.notes, policy.sources), file=sys.stderr)
     print(f"{args.path}: ok: {len(policy.files)} file(s), {len(policy.rules)} rule(s), "
           f"{len(policy.providers)} provider(s), {len(policy.keys)} key(s); version {policy.version}")
     return 0

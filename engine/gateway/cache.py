@@ -49,7 +49,10 @@ def cache_key(call) -> bytes:
     """A digest of everything that changes the answer, in a canonical form (sorted keys)."""
     body = {k: v for k, v in call.body.items() if k not in _NOT_IN_KEY}
     target = call.target.to_dict(call.decision.route_by) if call.target is not None else None
-    canonical = orjson.dumps([call.kind, target, list(call.decision.cache_by), body],
+    # Secure by default, like a CDN that never gives one caller's authenticated answer to another:
+    # the key and the end user are part of the cache key unless the rule says `shared`.
+    scope = None if call.decision.cache.shared else [call.key, call.body.get("user")]
+    canonical = orjson.dumps([call.kind, target, list(call.decision.cache_by), scope, body],
                              option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).digest()
 

@@ -180,6 +180,7 @@ async def admin_reload(request: Request) -> Response:
 
 
 # ---- errors outside the handlers ---------------------------------------------------------------
+        "notes": [d.to_dict() for d in policy.notes],
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 404:

@@ -135,6 +135,7 @@ class Cache:
     ttl: float | None        # None: cache off
     by: tuple[Expr, ...]
     loc: Location
+    shared: bool = False     # `shared`: one answer for every key and user
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,8 +157,8 @@ class AstBuilder(Transformer_NonRecursive):
 
     @v_args(meta=True)
     def cache_ttl(self, meta, items):
-        ttl, by = items
-        return ast.Cache(parse_duration(ttl), by or (), self._loc(meta))
+        ttl, by, shared = items
+        return ast.Cache(parse_duration(ttl), by or (), self._loc(meta), shared=shared is not None)
 
     @v_args(meta=True)
     def cache_off(self, meta, items):

@@ -39,6 +39,8 @@ class Decision:
         if self.cache is not None:
             cache = ({"ttl": self.cache.ttl, "by": list(self.cache.by), "values": list(self.cache_by),
                       "rule": self.cache.rule} if self.cache.enabled else "off")
+            if self.cache.shared and self.cache.enabled:
+                cache["shared"] = True
         out = {
             "matched": list(self.matched),
             "action": self.action,

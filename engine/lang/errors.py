@@ -71,12 +71,14 @@ def render_all(diagnostics: Iterable[Diagnostic], sources: Mapping[str, Source] 
     """Every diagnostic sorted by position, then a one-line summary."""
     diags = sorted(diagnostics, key=Diagnostic.sort_key)
     errors = sum(d.severity == "error" for d in diags)
-    warnings = len(diags) - errors
+    notes = sum(d.severity == "note" for d in diags)
+    warnings = len(diags) - errors - notes
     # One broken edit can cascade into hundreds of errors; the first ones are what matters.
     body = [d.render(sources) for d in diags[:MAX_ERRORS]]
     if len(diags) > MAX_ERRORS:
         body.append(f"... and {len(diags) - MAX_ERRORS} more not shown")
-    body.append(f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}")
+    summary = f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}"
+    body.append(summary + (f", {_plural(notes, 'note')}" if notes else ""))
     return "\n".join(body)
 
 

@@ -87,7 +87,8 @@ def _build(sources: list[Source], env: Mapping[str, str] | None, path: str) -> "
         raise PolicyError(diagnostics, by_name)
     checked, diagnostics = check_program(program, env)
     if any(d.severity == "error" for d in diagnostics):
-        raise PolicyError(diagnostics, by_name)
+        # Notes explain a policy that loads; beside errors they are noise.
+        raise PolicyError([d for d in diagnostics if d.severity != "note"], by_name)
     version = version_of(sources)
     return Policy(checked, compile_policy(checked, version), version, sources, diagnostics, path)
 
@@ -102,7 +103,8 @@ class Policy:
         self.path = path
         self.sources = {s.name: s for s in sources}
         self.files = tuple(s.name for s in sources)
-        self.warnings = tuple(warnings)
+        self.warnings = tuple(d for d in warnings if d.severity == "warning")
+        self.notes = tuple(d for d in warnings if d.severity == "note")
         self.loaded_at = time.time()
         self.providers: dict[str, ProviderSpec] = checked.providers
         self.keys = checked.keys

@@ -122,6 +122,7 @@ class CacheSpec:
     rule: str
     ttl: float | None            # None: `cache off`
     by: tuple[str, ...] = ()
+    shared: bool = False         # False: the key's name and the body's `user` are part of the cache key
 
     @property
     def enabled(self) -> bool:

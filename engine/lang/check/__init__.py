@@ -41,6 +41,10 @@ class _Checker(DeclarationChecks, RuleChecks, ExpressionChecks):
     def warn(self, code: str, message: str, loc: Location | None, hint: str | None = None):
         self.diagnostics.append(Diagnostic(code, message, loc, "warning", hint))
 
+    def note(self, code: str, message: str, loc: Location | None, hint: str | None = None):
+        """Neither error nor warning: how the checker reads a line (`--strict` leaves notes alone)."""
+        self.diagnostics.append(Diagnostic(code, message, loc, "note", hint))
+
     def run(self, program: ast.Program) -> CheckedPolicy:
         self.providers = self._providers(program.providers)
         keys = self._keys(program.keys)

@@ -65,7 +65,9 @@ class RuleChecks:
             self._by(a.by)
             if a.ttl is not None and a.ttl <= 0:
                 self.error("bad-duration", "cache ttl must be longer than zero", a.loc)
-            return CheckedAction("cache", CacheSpec(rule.name, a.ttl, texts(a.by)), by=a.by, loc=a.loc)
+            if a.ttl is not None:
+                self._note_cache_scope(rule, a)
+            return CheckedAction("cache", CacheSpec(rule.name, a.ttl, texts(a.by), a.shared), by=a.by, loc=a.loc)
         if isinstance(a, ast.Retry):
             return CheckedAction("retry", self._retry(a), loc=a.loc)
         if isinstance(a, (ast.Timeout, ast.Deadline)):
@@ -76,6 +78,14 @@ class RuleChecks:
         if isinstance(a, ast.Tag):
             return CheckedAction("tag", a.label, loc=a.loc)
         return CheckedAction("log", a.level, loc=a.loc)
+
+    def _note_cache_scope(self, rule: ast.Rule, a: ast.Cache) -> None:
+        if a.shared:
+            self.note("cache-scope", f"answers cached by rule '{rule.name}' are shared by every key and user",
+                      a.loc, hint="drop 'shared' to cache per key and per user (the default)")
+        else:
+            self.note("cache-scope", f"answers cached by rule '{rule.name}' are kept per key and per user",
+                      a.loc, hint="add 'shared' (cache ttl ... shared) to serve one answer to every caller")
 
     def _limit(self, rule: ast.Rule, index: int, a: ast.Limit) -> CheckedAction:
         if a.window < 1 or a.window != int(a.window):
