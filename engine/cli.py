@@ -42,20 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-code", action="store_true", help="print the generated Python instead")
     p.set_defaults(run=cmd_eval)
 
-    p = sub.add_parser("serve", help="run the gateway")
-    p.add_argument("--rules", default="rules/", metavar="PATH", help="policy path (default rules/)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--state", default="memory://", metavar="URI",
-                   help="storage for limits and cache: memory:// (default) or redis://HOST:PORT")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
-    p.add_argument("--max-body", default="4MiB", metavar="SIZE", help="largest request body (default 4MiB)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    p.add_argument("--no-watch", action="store_true", help="do not reload when .rules files change")
-    p.add_argument("--cache-max-entries", type=int, metavar="N",
-                   help="answers the response cache keeps (default 10000; env EDGERULES_CACHE_MAX_ENTRIES)")
-    p.add_argument("--cache-max-bytes", metavar="SIZE",
-                   help="bytes the response cache keeps (default 64MiB; env EDGERULES_CACHE_MAX_BYTES)")
+    p = sub.add_parser("serve", help="run the gateway",
+                       description="Run the gateway. Each setting is taken from its flag, else from its "
+                                   "environment variable, else from its default.")
+    from .gateway.settings import add_arguments as add_serve_arguments
+    add_serve_arguments(p)
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("bench", help="rule-evaluation throughput of the compiled policy")

@@ -71,10 +71,11 @@ class Reloader:
 
     # ---- triggers -------------------------------------------------------------------------
 
-    def start(self, watch: bool) -> None:
+    def start(self, watch: bool, on_sighup=None) -> None:
+        """on_sighup replaces the plain reload on SIGHUP (with --workers, a reload reported to the others)."""
         loop = asyncio.get_running_loop()
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
+            loop.add_signal_handler(signal.SIGHUP, on_sighup or (lambda: loop.create_task(self.reload("SIGHUP"))))
         except (NotImplementedError, RuntimeError, ValueError):
             log.warning("SIGHUP reloads are not available here")
         if watch:

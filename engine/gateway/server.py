@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import signal
 import sys
 import time
 from datetime import datetime, timezone
@@ -14,6 +15,7 @@ from datetime import datetime, timezone
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,14 +25,15 @@ from ..lang.policy import load_policy
 from .errors import GatewayError, error_response
 from .pipeline import Call, forward
 from .reload import Reloader
-from .requests import parse_size, read_json, validate_chat, validate_embeddings, validate_metadata
+from .settings import BY_NAME
+from .requests import read_json, validate_chat, validate_embeddings, validate_metadata
 from .state import Gateway
 
 log = logging.getLogger("edgerules.gateway")
 
-ENV_RULES, ENV_STATE, ENV_MAX_BODY, ENV_WATCH = ("EDGERULES_RULES", "EDGERULES_STATE",
-                                                 "EDGERULES_MAX_BODY", "EDGERULES_WATCH")
-ENV_LOG_LEVEL = "EDGERULES_LOG_LEVEL"
+# Every serve setting and its variable is declared once, in settings.SETTINGS.
+ENV_RULES, ENV_STATE, ENV_MAX_BODY, ENV_WATCH, ENV_LOG_LEVEL = (
+    BY_NAME[name].env for name in ("rules", "state", "max_body", "watch", "log_level"))
 GC_GEN0 = 50_000
 ADMIN_TOKEN = "EDGERULES_ADMIN_TOKEN"
 
@@ -167,6 +170,7 @@ async def admin_policy(request: Request) -> Response:
         "providers": {n: {"format": s.format, "url": s.url} for n, s in policy.providers.items()},
         "keys": [k.name for k in policy.keys],
         "warnings": [d.to_dict() for d in policy.warnings],
+        "notes": [d.to_dict() for d in policy.notes],
         "last_error": gw.last_error,
         "health": gw.health.snapshot(),
     })
@@ -175,12 +179,16 @@ async def admin_policy(request: Request) -> Response:
 async def admin_reload(request: Request) -> Response:
     if (err := _admin_allowed(request)) is not None:
         return error_response(err)
-    result = await request.app.state.reloader.reload("POST /admin/reload")
+    fanout = request.app.state.fanout
+    if fanout is not None:
+        result = await fanout.reload_all()    # --workers: every worker reloads and reports
+    else:
+        result = await request.app.state.reloader.reload("POST /admin/reload")
+        result["workers"] = [{"pid": os.getpid(), **result}]
     return _json(result, status=200 if result["ok"] else 422)
 
 
 # ---- errors outside the handlers ---------------------------------------------------------------
-        "notes": [d.to_dict() for d in policy.notes],
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 404:
@@ -201,13 +209,20 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 def create_app(rules: str | None = None, *, state_uri: str | None = None, max_body: int | None = None,
                watch: bool | None = None) -> Starlette:
-    rules = rules or os.environ.get(ENV_RULES, "rules/")
-    state_uri = state_uri or os.environ.get(ENV_STATE, "memory://")
-    max_body = max_body or parse_size(os.environ.get(ENV_MAX_BODY, "4MiB"))
-    watch = os.environ.get(ENV_WATCH, "1") != "0" if watch is None else watch
+    from . import settings, workers
+
+    env = settings.resolve({})    # the environment, else the defaults (serve exported the flags there)
+    rules = rules or env["rules"]
+    state_uri = state_uri or env["state"]
+    max_body = max_body or env["max_body"]
+    watch = env["watch"] if watch is None else watch
     if not logging.getLogger().handlers:
         # A worker spawned by uvicorn --workers starts with no logging set up.
-        configure_logging(os.environ.get(ENV_LOG_LEVEL, "info"))
+        configure_logging(env["log_level"])
+    fanout_dir = os.environ.get(workers.ENV_FANOUT_DIR)
+    if fanout_dir:
+        # A SIGHUP fanned out before the lifespan installs its handler must not end the worker.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -216,8 +231,9 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         gw.install(policy)
         _attach_state_backends(gw, state_uri)
         reloader = Reloader(gw, rules)
-        app.state.gw, app.state.reloader = gw, reloader
-        reloader.start(watch)
+        fanout = workers.WorkerFanout(fanout_dir, reloader) if fanout_dir else None
+        app.state.gw, app.state.reloader, app.state.fanout = gw, reloader, fanout
+        reloader.start(watch, fanout.on_sighup if fanout else None)
         # Everything loaded so far (grammar tables, the compiled policy, imports) lives as long as
         # the process: moving it out of the collector's sight makes every later collection cheap.
         gc.freeze()
@@ -242,8 +258,10 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         Route("/admin/policy", admin_policy, methods=["GET"]),
         Route("/admin/reload", admin_reload, methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    middleware = [Middleware(workers.WorkerHeader)] if fanout_dir else None
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
+                    exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    return app
 
 
 def _attach_state_backends(gw: Gateway, state_uri: str) -> None:
@@ -268,36 +286,53 @@ def configure_logging(level: str) -> None:
 
 
 def serve(args) -> int:
-    import uvicorn
+    """`edgerules serve`: resolve the settings (flag > environment > default), check, then listen."""
+    from . import settings
 
-    configure_logging(args.log_level)
     try:
-        max_body = parse_size(args.max_body)
-        if args.cache_max_bytes is not None:
-            parse_size(args.cache_max_bytes)
-        if args.cache_max_entries is not None and args.cache_max_entries < 1:
-            raise ValueError("--cache-max-entries must be at least 1")
-        policy = load_policy(args.rules)   # fail fast, with the rendered errors, before binding a port
+        values = settings.resolve(vars(args))
     except ValueError as exc:
         print(f"edgerules serve: {exc}", file=sys.stderr)
         return 2
+    configure_logging(values["log_level"])
+    try:
+        policy = load_policy(values["rules"])   # fail fast, with the rendered errors, before binding a port
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
     if policy.warnings:
         from ..lang.errors import render_all
         print(render_all(policy.warnings, policy.sources), file=sys.stderr)
-    os.environ[ENV_RULES] = args.rules
-    os.environ[ENV_STATE] = args.state
-    os.environ[ENV_MAX_BODY] = str(max_body)
-    os.environ[ENV_WATCH] = "0" if args.no_watch else "1"
-    os.environ[ENV_LOG_LEVEL] = args.log_level
-    # Passed through the environment so that every --workers process sees them too.
-    if args.cache_max_entries is not None:
-        os.environ["EDGERULES_CACHE_MAX_ENTRIES"] = str(args.cache_max_entries)
-    if args.cache_max_bytes is not None:
-        os.environ["EDGERULES_CACHE_MAX_BYTES"] = str(parse_size(args.cache_max_bytes))
-    uvicorn.run("edgerules.gateway.server:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers if args.workers > 1 else None, loop="uvloop", http="httptools",
-                log_level=args.log_level, access_log=False, log_config=None)
+    # Every --workers process builds its app from the environment.
+    settings.export(values)
+    return _run(values)
+
+
+def _run(values: dict) -> int:
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    from .http import GatewayConfig, GuardedHttpProtocol, Limits
+    from .workers import ENV_FANOUT_DIR, Supervisor
+
+    limits = Limits(max_header_line=values["max_header_line"], max_header_bytes=values["max_header_bytes"],
+                    max_headers=values["max_headers"], header_timeout=values["header_timeout"],
+                    body_timeout=values["body_timeout"], max_connections=values["max_connections"])
+    config = GatewayConfig("edgerules.gateway.server:create_app", limits=limits, factory=True,
+                           host=values["host"], port=values["port"], workers=values["workers"],
+                           loop="uvloop", http=GuardedHttpProtocol, ws="none",
+                           timeout_keep_alive=values["keep_alive_timeout"], log_level=values["log_level"],
+                           access_log=False, log_config=None)
+    if values["workers"] == 1:
+        server = uvicorn.Server(config)
+        server.run()
+        return 0 if server.started else 3
+    directory = tempfile.mkdtemp(prefix="edgerules-workers-")
+    os.environ[ENV_FANOUT_DIR] = directory
+    try:
+        Supervisor(config, [config.bind_socket()], directory).run()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
     return 0

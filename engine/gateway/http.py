@@ -1,0 +1,224 @@
+"""The connection guard under the ASGI app: caps on request heads, read timeouts, a connection cap.
+
+uvicorn's httptools protocol buffers a request head without bound and never times out a slow
+one. This subclass counts head bytes and headers as they are parsed (431 past the caps), gives a
+head and a body a deadline each (408, then the connection is closed), and answers 503 to the
+requests of a connection opened above the connection cap. Idle keep-alive connections are closed
+by uvicorn's own `timeout_keep_alive`.
+"""
+from __future__ import annotations
+
+import http
+from dataclasses import dataclass
+
+import httptools
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .errors import error_body
+
+# After a refusal the connection is half-closed and what the client still sends is read and
+# dropped for a moment, so that it reads the answer instead of a reset.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_header_line: int = 8 * 1024
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 1000
+
+
+class GatewayConfig(uvicorn.Config):
+    """uvicorn's Config carrying the Limits to every worker process (it is pickled to them)."""
+
+    def __init__(self, app, *, limits: Limits, **kwargs):
+        super().__init__(app, **kwargs)
+        self.limits = limits
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, message: str, code: str):
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    def __init__(self, config, server_state, app_state, _loop=None):
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits: Limits = getattr(config, "limits", None) or Limits()
+        self._in_head = True        # reading a request head (or waiting for the next one)
+        self._line = 0              # bytes of the head line not finished yet
+        self._head_bytes = 0
+        self._header_count = 0
+        self._ends = 0              # heads and messages ended so far
+        self._deadline = None       # the head's or the body's timer
+        self._closing = False       # refused: input is dropped until the connection closes
+        self._dropped = 0
+
+    # ---- connection --------------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self.app = self._at_capacity
+        self._arm(self.limits.header_timeout, self._head_timed_out)
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            self._dropped += len(data)
+            if self._dropped > LINGER_BYTES:
+                self.transport.close()
+            return
+        self._unset_keepalive_if_required()
+        ends = self._ends
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Refusal):
+                self._refuse(exc.__context__)
+            else:
+                self._bad_request()
+            return
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            self._bad_request()
+            return
+        if not self._in_head:
+            return
+        if self._ends != ends:
+            # A head or a message ended inside this read: where the next head starts is unknown,
+            # so its unfinished line is counted from the next read on (one read is bounded).
+            self._line = 0
+            return
+        # A head line, or a head, that never ends is refused here: on_header would never see it.
+        newline = data.rfind(b"\n")
+        line = self._line = len(data) - newline - 1 if newline >= 0 else self._line + len(data)
+        limits = self.limits
+        if line > limits.max_header_line:
+            self._refuse(_Refusal(431, f"a request header line is longer than {limits.max_header_line} bytes",
+                                  "header_line_too_large"))
+        elif self._head_bytes + line > limits.max_header_bytes:
+            self._refuse(_too_many_bytes(limits))
+
+    # ---- parser callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._head_bytes, self._header_count = True, 0, 0
+        if self._deadline is None:
+            self._arm(self.limits.header_timeout, self._head_timed_out)
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.limits.max_header_line:
+            raise _Refusal(414, f"the request line is longer than {self.limits.max_header_line} bytes",
+                           "request_line_too_large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self.limits
+        size = len(name) + len(value) + 4    # "name: value\r\n"
+        self._header_count += 1
+        self._head_bytes += size
+        if size > limits.max_header_line:
+            raise _Refusal(431, f"a request header line is longer than {limits.max_header_line} bytes",
+                           "header_line_too_large")
+        if self._header_count > limits.max_headers:
+            raise _Refusal(431, f"the request has more than {limits.max_headers} headers", "too_many_headers")
+        if self._head_bytes > limits.max_header_bytes:
+            raise _too_many_bytes(limits)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._ends += 1
+        self._disarm()
+        super().on_headers_complete()
+        self._arm(self.limits.body_timeout, self._body_timed_out)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._in_head, self._line = True, 0
+        self._ends += 1
+        super().on_message_complete()
+
+    # ---- deadlines ---------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, handler) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, handler)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._deadline = None
+        self._refuse(_Refusal(408, f"the request headers did not arrive within {self.limits.header_timeout:g}s",
+                              "header_timeout"))
+
+    def _body_timed_out(self) -> None:
+        self._deadline = None
+        cycle = self.cycle
+        answer = not cycle.response_started
+        cycle.disconnected = True    # the app sees a disconnect; whatever it still sends goes nowhere
+        self._refuse(_Refusal(408, f"the request body did not arrive within {self.limits.body_timeout:g}s",
+                              "body_timeout"), answer)
+
+    # ---- refusals ----------------------------------------------------------------------------
+
+    def _refuse(self, refusal: _Refusal, answer: bool | None = None) -> None:
+        """Answer (unless a response is under way), half-close, and drop input for a moment."""
+        if self._closing or self.transport.is_closing():
+            return
+        self._closing = True
+        self._disarm()
+        if answer is None:
+            answer = self.cycle is None or self.cycle.response_complete
+        if answer:
+            self.transport.write(self._raw_answer(refusal))
+        self.logger.info("refused a request: %s", refusal.message)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.flow.resume_reading()
+            self._deadline = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
+
+    def _bad_request(self) -> None:
+        self.logger.warning("Invalid HTTP request received.")
+        self._refuse(_Refusal(400, "the request is not valid HTTP/1.1", "invalid_http"))
+
+    def _raw_answer(self, refusal: _Refusal) -> bytes:
+        body = error_body(refusal.status, refusal.message, code=refusal.code)
+        head = [f"HTTP/1.1 {refusal.status} {http.HTTPStatus(refusal.status).phrase}\r\n".encode()]
+        for name, value in self.server_state.default_headers:
+            head.append(name + b": " + value + b"\r\n")
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+                    % len(body))
+        return b"".join(head) + body
+
+    async def _at_capacity(self, scope, receive, send) -> None:
+        message = (f"the gateway is at its limit of {self.limits.max_connections} open connections; "
+                   "retry shortly")
+        body = error_body(503, message, type="server_error", code="too_many_connections")
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _too_many_bytes(limits: Limits) -> _Refusal:
+    return _Refusal(431, f"the request headers are larger than {limits.max_header_bytes} bytes in all",
+                    "headers_too_large")
