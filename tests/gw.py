@@ -31,6 +31,11 @@ class GatewayProc(Process):
         return wait_until(lambda: self.output() if self.output().count(text) >= count else "",
                           timeout, what=f"{text!r} x{count} in the gateway's output")
 
+    def finished_requests(self) -> int:
+        """Model requests the gateway has finished (a stream finishes after its last event)."""
+        return sum(int(line.split()[-1]) for line in self.http.get("/metrics").text.splitlines()
+                   if line.startswith("edgerules_requests_total{"))
+
     def admin_policy(self) -> dict:
         return self.http.get("/admin/policy").raise_for_status().json()
 
