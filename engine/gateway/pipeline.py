@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator
@@ -12,6 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from ..lang.spec import Single, Target
 from .errors import GatewayError, error_body
 from .providers import ProviderError
+from .redact import policy_redactor
 from .retry import is_retryable, retry_delay
 from .router import plan, resolve_model
 
@@ -22,6 +24,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgerules.gateway")
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# A request still waiting for its upstream after this long starts watching for its client leaving:
+# most answers come sooner, so most requests never pay for the watcher's task.
+DISCONNECT_WATCH_AFTER = 0.05
+CLIENT_GONE = 499   # nginx's status for a client that closed the connection first
+PASSED_ON = {429: "upstream_rate_limited", 503: "upstream_unavailable"}
 
 
 @dataclass(slots=True)
@@ -49,6 +56,9 @@ class Call:
     # Sees each stream event on its way to the client and returns what to send (b"" drops it):
     # how usage is read from streams and how a streamed answer is assembled for the cache.
     tap: object = None
+    # The ASGI receive channel, once the request body is read: a client leaving before the
+    # answer then cancels the upstream call.
+    receive: object = None
 
     @property
     def usage(self) -> dict | None:
@@ -87,7 +97,62 @@ def _header_safe(text: str) -> str:
 # ---- forwarding with retries and fallbacks -----------------------------------------------------
 
 async def forward(gw: "Gateway", call: Call) -> Response:
-    """Try the planned targets in order, each with the decision's retries, within the deadline."""
+    """Try the planned targets in order, each with the decision's retries, within the deadline;
+    a client that leaves before the answer cancels the attempt under way."""
+    if call.receive is None:
+        return await _forward(gw, call)
+    watch = DisconnectWatch(call.receive)
+    try:
+        return await _forward(gw, call)
+    except asyncio.CancelledError:
+        if not watch.gone:
+            raise
+        asyncio.current_task().uncancel()
+        raise GatewayError(CLIENT_GONE, "the client closed the connection before the answer",
+                           code="client_closed") from None
+    finally:
+        watch.stop()
+
+
+class DisconnectWatch:
+    """Cancels the current task when the ASGI channel says the client is gone.
+
+    Armed by a timer, so a request answered within DISCONNECT_WATCH_AFTER costs one timer
+    handle and no task.
+    """
+
+    __slots__ = ("receive", "task", "timer", "watcher", "gone", "active")
+
+    def __init__(self, receive):
+        self.receive = receive
+        self.task = asyncio.current_task()
+        self.watcher = None
+        self.gone = False
+        self.active = True
+        self.timer = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_AFTER, self._start)
+
+    def _start(self) -> None:
+        self.timer = None
+        if self.active:
+            self.watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while self.active:
+            message = await self.receive()
+            if message.get("type") == "http.disconnect" and self.active:
+                self.gone = True
+                self.task.cancel()
+                return
+
+    def stop(self) -> None:
+        self.active = False
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+
+async def _forward(gw: "Gateway", call: Call) -> Response:
     d = call.decision
     requested = call.body.get("model") or ""
     now = time.monotonic()
@@ -143,14 +208,14 @@ async def forward(gw: "Gateway", call: Call) -> Response:
 
 
 async def _attempt(gw: "Gateway", call: Call, provider, model: str, timeout: float) -> Response:
-    if call.kind == "embeddings":
-        answer = await provider.embeddings(call.body, model, timeout)
+    if call.kind == "embeddings" or not call.stream:
+        if call.kind == "embeddings":
+            answer = await provider.embeddings(call.body, model, timeout)
+        else:
+            answer = await provider.chat(call.body, model, timeout)
         call.answer = answer
-        return Response(answer.body, media_type="application/json")
-    if not call.stream:
-        answer = await provider.chat(call.body, model, timeout)
-        call.answer = answer
-        return Response(answer.body, media_type="application/json")
+        redactor = policy_redactor(call.live.policy)
+        return Response(redactor.bytes(answer.body) if redactor else answer.body, media_type="application/json")
     stream = await provider.chat_stream(call.body, model, timeout)
     events = stream.__aiter__()
     try:
@@ -176,10 +241,16 @@ async def _relay(gw: "Gateway", call: Call, first: bytes, events: AsyncIterator[
     """
     tap = call.tap
     deadline_at = call.deadline_at
+    redactor = policy_redactor(call.live.policy)
+    redactor = redactor if redactor else None
     try:
         event = first
         while True:
-            out = _tapped(tap, event) if tap is not None else event
+            # Events come whole (a secret split over two network reads is joined by then), and are
+            # redacted before any tap, so neither the cache nor the usage reader sees a secret.
+            out = redactor.bytes(event) if redactor is not None else event
+            if tap is not None:
+                out = _tapped(tap, out)
             if out:
                 yield out
             event = await events.__anext__()
@@ -190,8 +261,8 @@ async def _relay(gw: "Gateway", call: Call, first: bytes, events: AsyncIterator[
         pass
     except ProviderError as exc:
         call.status = 502 if exc.kind != "timeout" else 504
-        call.error = exc.message
-        yield b"data: " + error_body(call.status, exc.message, code="upstream_stream_error") + b"\n\n"
+        call.error = _public(call, exc.message)
+        yield b"data: " + error_body(call.status, call.error, code="upstream_stream_error") + b"\n\n"
     finally:
         await stream.aclose()
         await gw.finish(call)
@@ -225,27 +296,40 @@ def _is_client_error(exc: ProviderError) -> bool:
     return exc.kind == "status" and 400 <= status < 500 and status not in (401, 403, 408, 429)
 
 
+def _public(call: Call, message: str) -> str:
+    """Upstream text as clients and logs may see it: every secret of the policy out, then cut."""
+    return policy_redactor(call.live.policy).message(message)
+
+
 def _client_error(exc: ProviderError, call: Call) -> GatewayError:
     status = exc.upstream_status or exc.status
-    return GatewayError(status, exc.message, code="upstream_rejected",
+    return GatewayError(status, _public(call, exc.message), code="upstream_rejected",
                         headers={"x-should-retry": "false"} if call.attempts > 1 else None)
 
 
 def _final_error(call: Call, last: ProviderError | None, deadline_hit: bool) -> GatewayError:
     headers = {"x-should-retry": "false"} if call.attempts > 1 else {}
+    message = _public(call, last.message) if last is not None else ""
     if deadline_hit and (last is None or last.kind == "timeout"):
         return GatewayError(504, f"the request's deadline of {call.decision.deadline:g}s passed after "
                                  f"{call.attempts} attempt(s)"
-                                 + (f"; last error: {last.message}" if last else ""),
+                                 + (f"; last error: {message}" if last else ""),
                             code="deadline_exceeded", headers=headers)
     if last is None:
         return GatewayError(502, "no target could be tried", code="upstream_error", headers=headers)
     if last.kind == "timeout" and call.attempts == 1:
-        return GatewayError(504, last.message, code="upstream_timeout", headers=headers)
+        return GatewayError(504, message, code="upstream_timeout", headers=headers)
     if last.kind == "unsupported":
-        return GatewayError(400, last.message, code="unsupported", headers=headers)
+        return GatewayError(400, message, code="unsupported", headers=headers)
     what = "the target" if call.attempts == 1 else f"all {call.attempts} attempts"
+    if last.kind == "status" and last.upstream_status in PASSED_ON:
+        # Rate limited or unavailable upstream, nothing left to try: the same status class and its
+        # Retry-After, so the client's SDK backs off as it would against the provider itself.
+        if last.retry_after is not None:
+            headers["retry-after"] = str(math.ceil(last.retry_after))
+        return GatewayError(last.upstream_status, f"{what} failed; last error: {message}",
+                            code=PASSED_ON[last.upstream_status], headers=headers)
     return GatewayError(504 if last.kind == "timeout" else 502,
-                        f"{what} failed; last error: {last.message}",
+                        f"{what} failed; last error: {message}",
                         code="upstream_timeout" if last.kind == "timeout" else "upstream_error",
                         headers=headers)

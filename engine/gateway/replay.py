@@ -6,6 +6,50 @@ import orjson
 
 DONE = b"data: [DONE]\n\n"
 _HEAD = ("id", "created", "model", "system_fingerprint", "service_tier")
+_TEXT_FIELDS = ("content", "refusal", "reasoning_content")
+
+
+class _Choice:
+    """One choice being assembled: text kept as lists of pieces and joined once at the end, so
+    assembling is linear in the stream (appending to a growing string is quadratic)."""
+
+    __slots__ = ("role", "text", "tool_calls", "logprobs", "finish_reason")
+
+    def __init__(self):
+        self.role = "assistant"
+        self.text: dict[str, list[str]] = {}
+        self.tool_calls: list[dict] = []
+        self.logprobs: list | None = None
+        self.finish_reason = None
+
+    def add_tool_call(self, call: dict) -> None:
+        calls = self.tool_calls
+        at = call.get("index", len(calls))
+        if not isinstance(at, int) or at < 0 or at > len(calls) + 1024:
+            at = len(calls)   # an index far ahead would make a list as long as the index says
+        while len(calls) <= at:
+            calls.append({"id": None, "type": "function", "name": [], "arguments": []})
+        into = calls[at]
+        if call.get("id"):
+            into["id"] = call["id"]
+        if call.get("type"):
+            into["type"] = call["type"]
+        function = call.get("function") or {}
+        for name in ("name", "arguments"):
+            if isinstance(function.get(name), str):
+                into[name].append(function[name])
+
+    def to_dict(self, index: int) -> dict:
+        message = {"role": self.role, "content": None}
+        for name, pieces in self.text.items():
+            message[name] = "".join(pieces)
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {"id": c["id"], "type": c["type"],
+                 "function": {"name": "".join(c["name"]), "arguments": "".join(c["arguments"])}}
+                for c in self.tool_calls]
+        logprobs = {"content": self.logprobs} if self.logprobs is not None else None
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": self.finish_reason}
 
 
 class StreamAssembler:
@@ -15,7 +59,7 @@ class StreamAssembler:
 
     def __init__(self, inner=None):
         self.head: dict = {}
-        self.choices: dict[int, dict] = {}
+        self.choices: dict[int, _Choice] = {}
         self.usage: dict | None = None
         self.done = False
         self.broken = False
@@ -42,47 +86,37 @@ class StreamAssembler:
                 self.head[name] = chunk[name]
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            self._add_choice(choice)
+        try:
+            for choice in chunk.get("choices") or ():
+                self._add_choice(choice)
+        except (TypeError, AttributeError, ValueError):
+            self.broken = True      # a chunk of an unexpected shape: relayed, never stored
 
     def _add_choice(self, choice: dict) -> None:
         index = choice.get("index", 0)
-        into = self.choices.setdefault(index, {"index": index, "message": {"role": "assistant", "content": None},
-                                                "logprobs": None, "finish_reason": None})
-        message = into["message"]
+        into = self.choices.get(index)
+        if into is None:
+            into = self.choices[index] = _Choice()
         delta = choice.get("delta") or {}
-        for field in ("content", "refusal", "reasoning_content"):
-            if isinstance(delta.get(field), str):
-                message[field] = (message.get(field) or "") + delta[field]
+        for name in _TEXT_FIELDS:
+            if isinstance(delta.get(name), str):
+                into.text.setdefault(name, []).append(delta[name])
         if isinstance(delta.get("role"), str):
-            message["role"] = delta["role"]
+            into.role = delta["role"]
         for call in delta.get("tool_calls") or ():
-            calls = message.setdefault("tool_calls", [])
-            at = call.get("index", len(calls))
-            while len(calls) <= at:
-                calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-            into_call = calls[at]
-            if call.get("id"):
-                into_call["id"] = call["id"]
-            if call.get("type"):
-                into_call["type"] = call["type"]
-            function = call.get("function") or {}
-            for field in ("name", "arguments"):
-                if isinstance(function.get(field), str):
-                    into_call["function"][field] += function[field]
+            into.add_tool_call(call)
         logprobs = choice.get("logprobs")
         if isinstance(logprobs, dict):
-            into_logprobs = into["logprobs"] or {"content": []}
-            into_logprobs["content"] = (into_logprobs.get("content") or []) + (logprobs.get("content") or [])
-            into["logprobs"] = into_logprobs
+            into.logprobs = into.logprobs or []
+            into.logprobs.extend(logprobs.get("content") or ())
         if choice.get("finish_reason"):
-            into["finish_reason"] = choice["finish_reason"]
+            into.finish_reason = choice["finish_reason"]
 
     @property
     def complete(self) -> bool:
         """Ended with [DONE], every choice finished, nothing unreadable on the way."""
         return (self.done and not self.broken and bool(self.choices)
-                and all(c["finish_reason"] for c in self.choices.values()))
+                and all(c.finish_reason for c in self.choices.values()))
 
     def completion(self) -> dict:
         out = {"id": self.head.get("id", ""), "object": "chat.completion", "created": self.head.get("created", 0),
@@ -90,7 +124,7 @@ class StreamAssembler:
         for name in ("system_fingerprint", "service_tier"):
             if name in self.head:
                 out[name] = self.head[name]
-        out["choices"] = [self.choices[i] for i in sorted(self.choices)]
+        out["choices"] = [self.choices[i].to_dict(i) for i in sorted(self.choices)]
         if self.usage is not None:
             out["usage"] = self.usage
         return out

@@ -120,6 +120,7 @@ class StreamTranslator:
         self.id = "chatcmpl-anthropic"
         self.created = int(time.time())
         self.usage: dict = {}
+        self.finished = False   # a message_delta with the stop reason came
         self.done = False
 
     def feed(self, event: dict) -> list[bytes]:
@@ -137,8 +138,11 @@ class StreamTranslator:
         if kind == "message_delta":
             self.usage.update(event.get("usage") or {})   # cumulative counts: the latest wins
             reason = (event.get("delta") or {}).get("stop_reason")
+            self.finished = True
             return [self._chunk({}, _finish(reason) or "stop")]
         if kind == "message_stop":
+            if not self.finished:
+                raise StreamFailure("message_stop came before any stop_reason: the answer is incomplete")
             self.done = True
             if self.include_usage:
                 usage = {**self._head(), "choices": [], "usage": to_openai_usage(self.usage)}

@@ -1,6 +1,7 @@
 """Any OpenAI-compatible server: requests and answers pass through with only the model replaced."""
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -10,6 +11,8 @@ from ...lang.spec import ProviderSpec
 from .base import DONE, HttpProvider, ProviderError, UpstreamResponse, UpstreamStream, error_message
 
 DEFAULT_URL = "https://api.openai.com/v1"
+# A finish_reason with a value (not null): searched in each event only until one is seen.
+_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 
 
 class OpenAIProvider(HttpProvider):
@@ -42,8 +45,13 @@ class OpenAIProvider(HttpProvider):
         return UpstreamResponse(200, raw)
 
     async def _events(self, resp: aiohttp.ClientResponse, timeout: float) -> AsyncIterator[bytes]:
-        """One item per network read: the complete events it brought, re-framed, joined."""
-        done = False
+        """One item per network read: the complete events it brought, re-framed, joined.
+
+        A stream is whole only with a finish_reason and then `[DONE]`: one that ends without
+        them (cleanly or not) was cut short upstream and ends with an error, never a `[DONE]`
+        of the gateway's own that would make a truncated answer look complete.
+        """
+        done = finished = False
         try:
             # aclosing: when this generator stops early, the reader below releases the connection now.
             async with aclosing(self.sse_batches(resp, timeout)) as batches:
@@ -53,15 +61,21 @@ class OpenAIProvider(HttpProvider):
                         if done:
                             continue   # drained so the connection goes back to the pool
                         if data == b"[DONE]":
+                            if not finished:
+                                if out:
+                                    yield b"".join(out)
+                                raise self._cut_short("sent [DONE] before any finish_reason")
                             done = True
                             out.append(DONE)
                         elif data.startswith((b'{"error"', b'{ "error"')):
                             if out:
                                 yield b"".join(out)   # what came before the error is delivered
-                            message = error_message(data, "error event")
+                            message = error_message(data, "error event", self.redactor)
                             raise self.error(502, f"upstream '{self.spec.name}' failed mid-stream: {message}",
                                              kind="stream")
                         else:
+                            if not finished and _FINISHED.search(data) is not None:
+                                finished = True
                             out.append(b"data: " + data + b"\n\n")
                     if out:
                         yield b"".join(out)
@@ -70,5 +84,8 @@ class OpenAIProvider(HttpProvider):
                 raise
             return   # the client already has a whole answer
         if not done:
-            # A clean end of body without [DONE]: lax servers do this; the client still gets a whole stream.
-            yield DONE
+            raise self._cut_short("ended the stream without [DONE]" if finished
+                                  else "ended the stream before any finish_reason")
+
+    def _cut_short(self, what: str) -> ProviderError:
+        return self.error(502, f"upstream '{self.spec.name}' {what}: the answer is incomplete", kind="stream")
