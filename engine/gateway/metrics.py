@@ -1,9 +1,14 @@
-"""Counters for /metrics, rendered in the Prometheus text format."""
+"""Counters for /metrics, rendered in the Prometheus text format.
+
+Label values come from the policy, never from clients: a route the policy does not name (a
+pass-through model) counts as `provider/other`, so the series stay bounded whatever clients send.
+"""
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
 
+OTHER = "other"
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -16,9 +21,24 @@ class Metrics:
         self.reloads: Counter = Counter()         # (result,)
         self.latency = [0] * (len(_BUCKETS) + 1)
         self.latency_sum = 0.0
+        self.routes: dict[str, str] = {"": ""}   # route -> its label; other routes: provider/other
+        self.providers: frozenset[str] = frozenset()
+
+    def know(self, models, providers) -> None:
+        """The routes and providers the live policy names: the only label values (set on each load)."""
+        self.routes = {m: m for m in models if not m.endswith("/*")}
+        self.routes[""] = ""
+        self.providers = frozenset(providers)
+
+    def route_label(self, route: str) -> str:
+        label = self.routes.get(route)
+        if label is None:
+            provider = route.partition("/")[0]
+            label = f"{provider}/{OTHER}" if provider in self.providers else OTHER
+        return label
 
     def request(self, route: str, status: int, cache: str, seconds: float, tags=()) -> None:
-        self.requests[(route, status, cache)] += 1
+        self.requests[(self.route_label(route), status, cache)] += 1
         for tag in tags:
             self.tags[tag] += 1
         self.latency_sum += seconds

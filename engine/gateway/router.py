@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..lang.spec import Fallback, Fastest, ProviderSpec, Single, Split, Target
 
 EWMA_ALPHA = 0.3
+MAX_LATENCY_MODELS = 256   # per provider
 
 
 @dataclass(slots=True)
@@ -27,8 +28,15 @@ class ProviderHealth:
     def record_success(self, model: str, seconds: float) -> None:
         self.failures = 0
         self.open_until = 0.0
-        old = self.latency.get(model)
-        self.latency[model] = seconds if old is None else old + EWMA_ALPHA * (seconds - old)
+        latency = self.latency
+        old = latency.get(model)
+        if old is None:
+            # Pass-through models are the client's choice: keep the most recent few, not every one.
+            if len(latency) >= MAX_LATENCY_MODELS:
+                del latency[next(iter(latency))]
+            latency[model] = seconds
+        else:
+            latency[model] = old + EWMA_ALPHA * (seconds - old)
 
     def record_failure(self, spec: ProviderSpec, now: float) -> bool:
         """Count one failure; True when this one opened the circuit."""

@@ -62,6 +62,7 @@ class Gateway:
                 changed["added" if prev is None else "replaced"].append(name)
         changed["removed"] = [n for n in old_providers if n not in policy.providers]
         live = Live(policy, providers, KeyRing(policy.keys))
+        self.metrics.know(policy.models(), policy.providers)
         self.live = live
         self.health.forget(policy.providers)
         if old is not None:
@@ -127,4 +128,9 @@ class Gateway:
             entry["error"] = call.error
         if level == "full":
             entry["request"] = call.body
-        access_log.info(orjson.dumps(entry).decode())
+        try:
+            line = orjson.dumps(entry)
+        except orjson.JSONEncodeError:   # never expected (bodies are validated), never fatal here
+            entry.pop("request", None)
+            line = orjson.dumps(entry)
+        access_log.info(line.decode())

@@ -80,19 +80,31 @@ def estimate_tokens(body: dict) -> int:
     return (chars + 3) // 4 + 3 * count
 
 
-def memo_search(pattern, size: int = 4096):
-    """pattern.search(text) is not None, remembered per text: the same few models and header
-    values recur, and a dict lookup costs a fraction of a call into RE2."""
+MEMO_ENTRIES = 4096        # texts one matcher remembers
+MEMO_TEXT = 256            # longer texts are searched every time: clients choose them, and they recur less
+MEMO_CHARS = 256 * 1024    # characters of text one matcher keeps in all
+
+
+def memo_search(pattern, size: int = MEMO_ENTRIES, longest: int = MEMO_TEXT, budget: int = MEMO_CHARS):
+    """pattern.search(text) is not None, remembered per short text: the same few models and header
+    values recur, and a dict lookup costs a fraction of a call into RE2. Bounded in entries and
+    in characters kept, whatever distinct texts clients send: full, it starts again empty."""
     cache: dict[str, bool] = {}
     search = pattern.search
+    held = 0
 
     def matches(text: str) -> bool:
+        nonlocal held
         hit = cache.get(text)
         if hit is None:
             hit = search(text) is not None
-            if len(cache) >= size:
-                cache.clear()
-            cache[text] = hit
+            n = len(text)
+            if n <= longest:
+                if len(cache) >= size or held + n > budget:
+                    cache.clear()
+                    held = 0
+                cache[text] = hit
+                held += n
         return hit
     return matches
 
