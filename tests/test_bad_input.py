@@ -173,6 +173,28 @@ def test_good_embeddings_dimensions_are_served(setup):
     assert [len(d["embedding"]) for d in resp.json()["data"]] == [16, 16]
 
 
+@pytest.mark.parametrize("state", ["memory", "redis"])
+def test_absurd_max_completion_tokens_under_a_token_budget_is_400_not_503(upstream, tmp_path, state):
+    from test_limits import start_redis
+
+    redis_proc, uri = start_redis() if state == "redis" else (None, "memory://")
+    policy = f'provider up {{ url "{upstream.url}" }}\nrule budget {{ limit tokens 1000 per 1m  route up/m }}\n'
+    try:
+        with start_gateway(policy, tmp_path, "--no-watch", "--state", uri) as gw:
+            for value in (2**63, 2**64 - 1, 2**31):
+                resp = gw.chat("any", max_completion_tokens=value)
+                _bad_request(resp, "max_completion_tokens")
+                _bad_request(gw.chat("any", max_tokens=value), "max_tokens")
+            # The largest value allowed is judged by the budget: refused with Retry-After, not a 503.
+            resp = gw.chat("any", max_completion_tokens=2**31 - 1)
+            assert resp.status_code == 429, resp.text
+            assert int(resp.headers["retry-after"]) >= 1
+            assert gw.chat("any", max_completion_tokens=10).status_code == 200
+    finally:
+        if redis_proc is not None:
+            redis_proc.stop()
+
+
 # ---- generated bodies and headers ----------------------------------------------------------------
 
 FIELDS = ("stop", "n", "temperature", "top_p", "max_tokens", "max_completion_tokens", "user", "stream",

@@ -2,6 +2,7 @@
 admission and reconciled with the real usage when the request ends."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -28,6 +29,10 @@ ENV_REDIS_POOL = "EDGERULES_REDIS_POOL"
 DEFAULT_REDIS_POOL = 64
 NANO_USD = 1_000_000_000     # cost budgets count nano-dollars: integer counters, exact enough
 _NANO_PER_PRICE = NANO_USD / 1_000_000   # a price is USD per 1M tokens
+# Every amount sent to the storage stays far inside a signed 64-bit Redis counter, whatever numbers
+# a client or an upstream writes (requests.py refuses absurd max_tokens before this point).
+MAX_UNITS = 2**53
+_MAX_BY = 256                # `by` values longer than this are keyed by their digest
 _SAME_WINDOW = 1.5           # seconds of slack when matching a window's reset time (Redis TTLs are whole seconds)
 
 
@@ -152,6 +157,7 @@ class Limiter:
             price_in, price_out = self._max_price(call)
             held = math.ceil((prompt * price_in + completion * price_out) * _NANO_PER_PRICE)
             prompt = math.ceil(prompt * price_in * _NANO_PER_PRICE)
+        held, prompt = min(held, MAX_UNITS), min(prompt, MAX_UNITS)
         return held, (prompt if guessed else held)
 
     def _completion_bound(self, call) -> tuple[int, bool]:
@@ -160,7 +166,7 @@ class Limiter:
         for name in ("max_completion_tokens", "max_tokens"):
             value = call.body.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value, False
+                return min(value, MAX_UNITS), False
         return self.completion_reserve, True
 
     def _max_price(self, call) -> tuple[float, float]:
@@ -203,13 +209,13 @@ class Limiter:
         prompt = _count(usage, "prompt_tokens", "input_tokens")
         completion = _count(usage, "completion_tokens", "output_tokens")
         if hold.spec.kind == "tokens":
-            return prompt + completion
+            return min(prompt + completion, MAX_UNITS)
         provider_name, _, model = call.route.partition("/")
         provider = call.live.providers.get(provider_name)
         price = provider.spec.price(model) if provider is not None else None
         if price is None:
             return 0   # a model without a price costs nothing (`edgerules check` warns about it)
-        return math.ceil((prompt * price.input + completion * price.output) * _NANO_PER_PRICE)
+        return min(math.ceil((prompt * price.input + completion * price.output) * _NANO_PER_PRICE), MAX_UNITS)
 
     async def _refund(self, hold: Hold, amount: int) -> None:
         key = hold.window.key_for(*hold.ident)
@@ -279,6 +285,8 @@ def _ident(spec: LimitSpec, values: tuple) -> tuple[str, ...]:
     # The kind and window are in the key: Redis keeps a moving window as a list and a budget as a
     # number, so a limit that changes shape must not meet its old counter.
     by = orjson.dumps(list(values)).decode() if values else "*"
+    if len(by) > _MAX_BY:   # a client-chosen value (a header, the user) must not make storage keys huge
+        by = "sha256:" + hashlib.sha256(by.encode()).hexdigest()
     return (spec.id, f"{spec.kind}-{spec.window}s", by)
 
 
@@ -286,7 +294,7 @@ def _count(usage: dict, *names: str) -> int:
     for name in names:
         value = usage.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return int(value)
+            return int(min(max(value, 0), MAX_UNITS))
     return 0
 
 

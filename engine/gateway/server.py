@@ -36,6 +36,9 @@ ENV_RULES, ENV_STATE, ENV_MAX_BODY, ENV_WATCH, ENV_LOG_LEVEL = (
     BY_NAME[name].env for name in ("rules", "state", "max_body", "watch", "log_level"))
 GC_GEN0 = 50_000
 ADMIN_TOKEN = "EDGERULES_ADMIN_TOKEN"
+# Proxies whose X-Forwarded-For is believed (uvicorn's forwarded_allow_ips); unset: none.
+FORWARDED_ALLOW_IPS = "EDGERULES_FORWARDED_ALLOW_IPS"
+_FORWARDING_HEADERS = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
 
 
 def _json(data, status: int = 200, headers: dict | None = None) -> Response:
@@ -131,6 +134,8 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    if os.environ.get(ADMIN_TOKEN) and (err := _admin_allowed(request)) is not None:
+        return error_response(err)
     gw: Gateway = request.app.state.gw
     extra = [f'edgerules_policy_info{{version="{gw.live.policy.version}"}} 1']
     for name, h in gw.health.snapshot().items():
@@ -147,6 +152,11 @@ def _admin_allowed(request: Request) -> GatewayError | None:
         return GatewayError(401, f"admin endpoints need 'Authorization: Bearer ${ADMIN_TOKEN}'",
                             code="invalid_admin_token")
     host = request.client.host if request.client else ""
+    if not os.environ.get(FORWARDED_ALLOW_IPS) and any(
+            name in _FORWARDING_HEADERS for name, _ in request.scope["headers"]):
+        # No proxy is trusted, yet the request says it was forwarded: a local proxy relaying
+        # someone else. Its loopback address proves nothing about the client behind it.
+        host = ""
     try:
         if ipaddress.ip_address(host).is_loopback:
             return None
@@ -261,6 +271,8 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
     middleware = [Middleware(workers.WorkerHeader)] if fanout_dir else None
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    # A trailing slash is a 404, not a 307 whose Location Starlette builds from the client's Host.
+    app.router.redirect_slashes = False
     return app
 
 
@@ -324,7 +336,8 @@ def _run(values: dict) -> int:
                            host=values["host"], port=values["port"], workers=values["workers"],
                            loop="uvloop", http=GuardedHttpProtocol, ws="none",
                            timeout_keep_alive=values["keep_alive_timeout"], log_level=values["log_level"],
-                           access_log=False, log_config=None)
+                           access_log=False, log_config=None,
+                           forwarded_allow_ips=os.environ.get(FORWARDED_ALLOW_IPS, ""))
     if values["workers"] == 1:
         server = uvicorn.Server(config)
         server.run()
