@@ -3,11 +3,17 @@
 Triggers: a change to any *.rules file under the policy path (watchfiles, debounced, so one
 editor save compiles once), SIGHUP, and POST /admin/reload. A load that fails changes nothing
 that is served: the error is logged and kept for GET /admin/policy.
+
+Careless edits are held back: a reload waits until the files have stopped changing (size and
+mtime steady over SETTLE_SECONDS), and a policy that would drop every rule, provider or key the
+live one has is refused unless forced (POST /admin/reload?force=1): a file caught half-written
+must not open the gateway to keyless clients.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -21,6 +27,10 @@ DEBOUNCE_MS = 150
 # Besides file events, the files' hash is compared with the live version this often: it catches
 # an edit made between loading and the watcher starting, and filesystems without events.
 POLL_SECONDS = 1.0
+# A file must keep its size and mtime this long before it is loaded; a writer pausing between
+# two writes for less than this is not caught half-way (EDGERULES_RELOAD_SETTLE, e.g. 0.5).
+SETTLE_SECONDS = float(os.environ.get("EDGERULES_RELOAD_SETTLE", "0.3"))
+SETTLE_LIMIT = 30.0   # a file still changing after this long is loaded as it is
 
 
 class Reloader:
@@ -31,30 +41,51 @@ class Reloader:
         self._tasks: list[asyncio.Task] = []
         self._failed_version: str | None = None
 
-    async def reload(self, reason: str) -> dict:
-        """Load, check and compile in a worker thread; install only a policy that loaded."""
+    async def reload(self, reason: str, force: bool = False, settle: bool = True) -> dict:
+        """Load, check and compile in a worker thread; install only a policy that loaded.
+
+        Whatever goes wrong is reported in the answer and in GET /admin/policy, never raised, so
+        the watcher and the poller that call this keep running."""
         async with self._lock:
-            started = time.perf_counter()
-            old = self.gw.live.policy if self.gw.live else None
             try:
-                policy = await asyncio.to_thread(load_policy, self.path)
-            except PolicyError as exc:
+                return await self._reload(reason, force, settle)
+            except Exception as exc:   # a bug or an exhausted resource: report it, keep serving
+                log.exception("policy reload (%s) failed unexpectedly", reason)
                 self._failed_version = await asyncio.to_thread(self._disk_version)
-                return self._failed(exc, reason)
-            except OSError as exc:
-                return self._failed(PolicyError([_io_diagnostic(exc)]), reason)
+                return self._failed(PolicyError([_diagnostic("internal", f"{type(exc).__name__}: {exc}")]),
+                                    reason)
+
+    async def _reload(self, reason: str, force: bool, settle: bool) -> dict:
+        if settle:
+            await self._settle()
+        started = time.perf_counter()
+        old = self.gw.live.policy if self.gw.live else None
+        try:
+            policy = await asyncio.to_thread(load_policy, self.path)
+        except PolicyError as exc:
+            self._failed_version = await asyncio.to_thread(self._disk_version)
+            return self._failed(exc, reason)
+        except OSError as exc:
+            return self._failed(PolicyError([_io_diagnostic(exc)]), reason)
+        if old is not None and policy.version == old.version:
             self._failed_version = None
-            if old is not None and policy.version == old.version:
-                self.gw.last_error = None
-                return {"ok": True, "version": policy.version, "changed": False}
-            changes = self.gw.install(policy)
             self.gw.last_error = None
-            self.gw.metrics.reloads["ok"] += 1
-            ms = (time.perf_counter() - started) * 1000
-            summary = _describe(old, policy, changes)
-            log.info("policy %s loaded in %.1f ms (%s): %s", policy.version, ms, reason, summary)
-            return {"ok": True, "version": policy.version, "changed": True, "ms": round(ms, 1),
-                    "summary": summary}
+            return {"ok": True, "version": policy.version, "changed": False}
+        dropped = _dropped_everything(old, policy)
+        if dropped and not force:
+            self._failed_version = policy.version
+            message = (f"refused: the new policy has no {dropped} while the live one has some; "
+                       "if that is meant, reload with POST /admin/reload?force=1")
+            return self._failed(PolicyError([_diagnostic("reload-refused", message)]), reason)
+        self._failed_version = None
+        changes = self.gw.install(policy)
+        self.gw.last_error = None
+        self.gw.metrics.reloads["ok"] += 1
+        ms = (time.perf_counter() - started) * 1000
+        summary = _describe(old, policy, changes)
+        log.info("policy %s loaded in %.1f ms (%s): %s", policy.version, ms, reason, summary)
+        return {"ok": True, "version": policy.version, "changed": True, "ms": round(ms, 1),
+                "summary": summary}
 
     def _failed(self, exc: PolicyError, reason: str) -> dict:
         self.gw.metrics.reloads["error"] += 1
@@ -96,31 +127,65 @@ class Reloader:
         except (PolicyError, OSError):
             return None
 
+    def _snapshot(self) -> tuple:
+        """(name, size, mtime) of every policy file: what a writer still writing changes."""
+        root = Path(self.path)
+        files = sorted(root.rglob("*.rules")) if root.is_dir() else [root]
+        out = []
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:        # removed between the listing and the stat: still changing
+                out.append((str(f), -1, -1))
+                continue
+            out.append((str(f), st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    async def _settle(self) -> None:
+        """Wait until the files have kept their size and mtime for SETTLE_SECONDS."""
+        give_up = time.monotonic() + SETTLE_LIMIT
+        before = await asyncio.to_thread(self._snapshot)
+        while time.monotonic() < give_up:
+            await asyncio.sleep(SETTLE_SECONDS)
+            now = await asyncio.to_thread(self._snapshot)
+            if now == before:
+                return
+            before = now
+        log.warning("the policy files kept changing for %.0f s; loading them as they are", SETTLE_LIMIT)
+
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(POLL_SECONDS)
             if self._lock.locked():
                 continue
-            disk = await asyncio.to_thread(self._disk_version)
-            live = self.gw.live.policy.version if self.gw.live else None
-            if disk is not None and disk != live and disk != self._failed_version:
-                await self.reload("files differ from the live policy")
+            try:
+                disk = await asyncio.to_thread(self._disk_version)
+                live = self.gw.live.policy.version if self.gw.live else None
+                if disk is not None and disk != live and disk != self._failed_version:
+                    await self.reload("files differ from the live policy")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the policy poller hit an error; it keeps polling")
 
     async def _watch(self) -> None:
         from watchfiles import awatch
 
         root = Path(self.path)
         target = root if root.is_dir() else root.parent
-        try:
-            async for changes in awatch(target, debounce=DEBOUNCE_MS, step=50,
-                                        watch_filter=lambda _change, p: p.endswith(".rules"),
-                                        recursive=root.is_dir()):
-                names = sorted({Path(p).name for _, p in changes})
-                await self.reload("file change: " + ", ".join(names))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("the policy watcher stopped; reload with SIGHUP or POST /admin/reload")
+        while True:   # the watcher comes back after any failure; the poller covers the gap
+            try:
+                async for changes in awatch(target, debounce=DEBOUNCE_MS, step=50,
+                                            watch_filter=lambda _change, p: p.endswith(".rules"),
+                                            recursive=root.is_dir()):
+                    names = sorted({Path(p).name for _, p in changes})
+                    await self.reload("file change: " + ", ".join(names))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the policy watcher failed; restarting it in %.0f s (the poller goes on)",
+                              POLL_SECONDS)
+            await asyncio.sleep(POLL_SECONDS)
 
 
 def _describe(old, new, changes: dict) -> str:
@@ -141,6 +206,20 @@ def _describe(old, new, changes: dict) -> str:
     return f"{old.version} -> {new.version}; " + "; ".join(parts)
 
 
-def _io_diagnostic(exc: OSError):
+def _dropped_everything(old, new) -> str | None:
+    """What the new policy lost entirely ('rules', 'providers', 'keys'), or None."""
+    if old is None:
+        return None
+    lost = [what for what, a, b in (("rules", old.rules, new.rules),
+                                    ("providers", old.providers, new.providers),
+                                    ("keys", old.keys, new.keys)) if a and not b]
+    return " and no ".join(lost) or None
+
+
+def _diagnostic(code: str, message: str):
     from ..lang.errors import Diagnostic
-    return Diagnostic("io", f"cannot read the policy: {exc.strerror or exc}", None)
+    return Diagnostic(code, message, None)
+
+
+def _io_diagnostic(exc: OSError):
+    return _diagnostic("io", f"cannot read the policy: {exc.strerror or exc}")

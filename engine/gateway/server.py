@@ -193,7 +193,8 @@ async def admin_reload(request: Request) -> Response:
     if fanout is not None:
         result = await fanout.reload_all()    # --workers: every worker reloads and reports
     else:
-        result = await request.app.state.reloader.reload("POST /admin/reload")
+        force = request.query_params.get("force") in ("1", "true")
+        result = await request.app.state.reloader.reload("POST /admin/reload", force=force)
         result["workers"] = [{"pid": os.getpid(), **result}]
     return _json(result, status=200 if result["ok"] else 422)
 
