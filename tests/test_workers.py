@@ -96,3 +96,14 @@ def test_one_post_admin_reload_reloads_every_worker_and_says_what_each_did(gatew
     assert failed.status_code == 422
     assert [w["ok"] for w in failed.json()["workers"]] == [False, False]
     assert all(versions == {result["version"]} for versions in answers_until_each_worker(gateway.url, 2).values())
+
+
+def test_a_forced_reload_reaches_every_worker(gateway):
+    workers = set(answers_until_each_worker(gateway.url, 2))
+    (gateway.rules / "policy.rules").write_text("provider demo { format echo }\n")   # every rule removed
+    refused = gateway.http.post("/admin/reload")
+    assert refused.status_code == 422 and {w["pid"] for w in refused.json()["workers"]} == workers
+    forced = gateway.http.post("/admin/reload?force=1")
+    assert forced.status_code == 200, forced.text
+    assert [w["ok"] for w in forced.json()["workers"]] == [True, True]
+    assert gateway.http.post("/v1/chat/completions", json=BODY).status_code == 404   # no rule routes 'm'

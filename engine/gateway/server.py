@@ -190,10 +190,10 @@ async def admin_reload(request: Request) -> Response:
     if (err := _admin_allowed(request)) is not None:
         return error_response(err)
     fanout = request.app.state.fanout
+    force = request.query_params.get("force") in ("1", "true")
     if fanout is not None:
-        result = await fanout.reload_all()    # --workers: every worker reloads and reports
+        result = await fanout.reload_all(force)    # --workers: every worker reloads and reports
     else:
-        force = request.query_params.get("force") in ("1", "true")
         result = await request.app.state.reloader.reload("POST /admin/reload", force=force)
         result["workers"] = [{"pid": os.getpid(), **result}]
     return _json(result, status=200 if result["ok"] else 422)

@@ -58,15 +58,18 @@ class Supervisor(Multiprocess):
     def handle_usr1(self) -> None:
         self._fan_out("POST /admin/reload")
 
-    def _publish(self, reason: str) -> list[int]:
+    def handle_usr2(self) -> None:
+        self._fan_out("POST /admin/reload?force=1", force=True)
+
+    def _publish(self, reason: str, force: bool = False) -> list[int]:
         pids = [p.pid for p in self.processes if p.pid is not None]
-        _write(self.fanout, {"generation": self.generation, "reason": reason, "pids": pids,
+        _write(self.fanout, {"generation": self.generation, "reason": reason, "force": force, "pids": pids,
                              "supervisor": os.getpid()})
         return pids
 
-    def _fan_out(self, reason: str) -> None:
+    def _fan_out(self, reason: str, force: bool = False) -> None:
         self.generation += 1
-        pids = self._publish(reason)    # written before the signals, so each worker reads this reload's number
+        pids = self._publish(reason, force)    # written before the signals, so each worker reads this reload's number
         log.info("%s: reloading the policy in workers %s", reason, ", ".join(map(str, pids)))
         for pid in pids:
             try:
@@ -89,14 +92,14 @@ class WorkerFanout:
 
     async def _reload_signalled(self) -> None:
         record = await asyncio.to_thread(_read, self.fanout) or {"generation": 0, "reason": "SIGHUP"}
-        result = await self.reloader.reload(record["reason"])
+        result = await self.reloader.reload(record["reason"], force=record.get("force", False))
         report = {"pid": self.pid, "generation": record["generation"], **result}
         await asyncio.to_thread(_write, self.directory / f"worker-{self.pid}.json", report)
 
-    async def reload_all(self) -> dict:
+    async def reload_all(self, force: bool = False) -> dict:
         """Ask the supervisor to reload every worker; what each did, once all have reported."""
         before = await asyncio.to_thread(_read, self.fanout)
-        os.kill(before["supervisor"], signal.SIGUSR1)
+        os.kill(before["supervisor"], signal.SIGUSR2 if force else signal.SIGUSR1)
         deadline = time.monotonic() + REPORT_WAIT_SECONDS
         while True:
             record, reports = await asyncio.to_thread(self._reports, before["generation"])
