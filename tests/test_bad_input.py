@@ -19,6 +19,7 @@ provider demo { format echo }
 
 rule cached { when header("x-cache") == "1"  cache ttl 1m }
 rule logged { when header("x-log") == "1"  log full }
+rule tiered { when metadata.tier == "free"  tag "free" }
 rule sonnet { when model == "sonnet"  route claude/claude-x }
 rule good   { when model == "good"  route up/m }
 """
@@ -106,6 +107,16 @@ def test_json_nested_as_deep_as_allowed_is_served_under_cache_and_log_full(setup
         assert resp.status_code == 200, text
         if stream:
             assert text.endswith("data: [DONE]\n\n"), text[-200:]
+
+
+@pytest.mark.parametrize("depth", [65, 300, 1000])
+def test_deeply_nested_metadata_is_400(setup, depth):
+    gw, _, _ = setup
+    value = "[" * depth + "1" + "]" * depth
+    resp = gw.chat("demo/echo", headers={"x-edgerules-metadata": f'{{"tier": "free", "deep": {value}}}'})
+    assert _bad_request(resp, "x-edgerules-metadata")["code"] == "invalid_metadata"
+    shallow = gw.chat("demo/echo", headers={"x-edgerules-metadata": '{"tier": "free", "deep": [[[1]]]}'})
+    assert shallow.status_code == 200, shallow.text
 
 
 @pytest.mark.parametrize("fields, param", [
@@ -252,8 +263,9 @@ header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, excl
                       max_size=24).map(lambda s: s.strip().encode("latin-1"))
 headers = st.fixed_dictionaries({}, optional={
     "x-cache": st.just(b"1"), "x-log": st.just(b"1"),
-    "x-edgerules-metadata": mostly(st.sampled_from((b'{"tier": "free"}', b'{"a": {"b": 1}}')),
-                                   header_text | st.just(b"[1]"), 6),
+    "x-edgerules-metadata": mostly(st.sampled_from((b'{"tier": "free"}', b'{"a": {"b": 1}}')), st.one_of(
+        header_text, st.just(b"[1]"),
+        st.integers(1, 400).map(lambda d: b'{"tier": ' + b"[" * d + b"1" + b"]" * d + b"}")), 6),
     "cache-control": st.sampled_from((b"no-cache", b"no-store", b"max-age=0")) | header_text,
     "authorization": header_text, "x-plan": header_text, "content-type": header_text,
 })

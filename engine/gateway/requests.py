@@ -230,6 +230,11 @@ def _common(body: dict, messages_checked: bool = False) -> None:
 
 
 def validate_metadata(headers) -> None:
-    problem = metadata_error(headers.get(METADATA_HEADER))
+    raw = headers.get(METADATA_HEADER)
+    if not raw:
+        return
+    problem = metadata_error(raw)
+    if problem is None and raw.count("[") + raw.count("{") > MAX_DEPTH and _too_deep(orjson.loads(raw)):
+        problem = f"header '{METADATA_HEADER}' nests JSON deeper than {MAX_DEPTH} levels"
     if problem is not None:
         raise GatewayError(400, problem, param=METADATA_HEADER, code="invalid_metadata")
