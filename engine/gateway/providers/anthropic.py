@@ -222,5 +222,6 @@ class AnthropicProvider(HttpProvider):
                 raise
             return   # the client already has a whole answer
         if not translator.done:
-            raise self.error(502, f"upstream '{self.spec.name}' ended the stream before message_stop",
+            raise self.error(502, f"upstream '{self.spec.name}' ended the stream before message_stop: "
+                                  f"the answer is incomplete",
                              kind="stream")
