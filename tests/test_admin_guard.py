@@ -13,7 +13,8 @@ TOKEN = "admin-token-for-tests"
 @pytest.fixture(scope="module")
 def open_gateway(tmp_path_factory):
     """No admin token, no trusted proxy: admin answers the loopback socket peer only."""
-    gw = start_gateway(POLICY, tmp_path_factory.mktemp("admin_open"), "--no-watch", env={"EDGERULES_ADMIN_TOKEN": ""})
+    gw = start_gateway(POLICY, tmp_path_factory.mktemp("admin_open"), "--no-watch",
+                       env={"EDGERULES_ADMIN_TOKEN": "", "EDGERULES_FORWARDED_ALLOW_IPS": ""})
     yield gw
     gw.stop()
 

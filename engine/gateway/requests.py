@@ -46,23 +46,25 @@ async def read_json(request: Request, limit: int, length: str | None = None) -> 
         raise GatewayError(400, "the request body must be a JSON object", code="invalid_json")
     # Brackets bound the depth from above: most bodies skip the walk (a bracket in a string only
     # costs a walk that finds nothing).
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(body):
-        raise GatewayError(400, f"the request body nests JSON deeper than {MAX_DEPTH} levels",
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and (name := _too_deep(body)) is not None:
+        raise GatewayError(400, f"'{name}' nests JSON deeper than {MAX_DEPTH} levels", param=name,
                            code="invalid_json")
     return body
 
 
-def _too_deep(body: dict) -> bool:
-    """Whether containers nest more than MAX_DEPTH levels; a loop, so no recursion limit."""
-    stack = [(body, 1)]
+def _too_deep(body: dict) -> str | None:
+    """The top-level field whose containers nest more than MAX_DEPTH levels (the body itself being
+    the first), or None; a loop, so no recursion limit."""
+    stack = [(value, 2, name) for name, value in body.items()
+             if value.__class__ is dict or value.__class__ is list]
     while stack:
-        value, depth = stack.pop()
+        value, depth, name = stack.pop()
         if depth > MAX_DEPTH:
-            return True
+            return name
         for child in (value.values() if value.__class__ is dict else value):
             if child.__class__ is dict or child.__class__ is list:
-                stack.append((child, depth + 1))
-    return False
+                stack.append((child, depth + 1, name))
+    return None
 
 
 async def _read_body(receive, limit: int) -> bytes:
@@ -234,7 +236,8 @@ def validate_metadata(headers) -> None:
     if not raw:
         return
     problem = metadata_error(raw)
-    if problem is None and raw.count("[") + raw.count("{") > MAX_DEPTH and _too_deep(orjson.loads(raw)):
+    deep = problem is None and raw.count("[") + raw.count("{") > MAX_DEPTH
+    if deep and _too_deep(orjson.loads(raw)) is not None:
         problem = f"header '{METADATA_HEADER}' nests JSON deeper than {MAX_DEPTH} levels"
     if problem is not None:
         raise GatewayError(400, problem, param=METADATA_HEADER, code="invalid_metadata")
