@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description=upstream_cli.DESCRIPTION)
     upstream_cli.add_arguments(p)
     p.set_defaults(run=upstream_cli.run)
+
+    from .authoring.commands import add_commands
+    add_commands(sub)
     return parser
 
 

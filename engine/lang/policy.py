@@ -21,10 +21,11 @@ from .spec import LimitSpec, ProviderSpec, Single, target_leaves
 
 
 def read_sources(path: str | os.PathLike) -> list[Source]:
-    """The policy's files in name order: one file, or every *.rules below a directory."""
+    """The policy's files in name order: one file, or every *.rules below a directory (tests,
+    *.test.rules, are not policy and are left out)."""
     root = Path(path)
     if root.is_dir():
-        files = sorted(p for p in root.rglob("*.rules") if p.is_file())
+        files = sorted(p for p in root.rglob("*.rules") if p.is_file() and not p.name.endswith(".test.rules"))
         if not files:
             raise PolicyError([Diagnostic("no-rules", f"no .rules files in '{path}'", None)])
     elif root.is_file():

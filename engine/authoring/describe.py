@@ -1,0 +1,56 @@
+"""Decisions and their parts written back in the rule language's own words, for messages."""
+from __future__ import annotations
+
+import re
+
+from ..lang.spec import Fallback, Fastest, Single, Split, Target
+
+_UNITS = (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0))
+_BARE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+
+
+def duration_text(seconds: float) -> str:
+    for unit, size in _UNITS:
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    ms = seconds * 1000
+    return f"{int(ms)}ms" if ms.is_integer() else f"{seconds:g}s"
+
+
+def number_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def target_text(target: Target) -> str:
+    if isinstance(target, Single):
+        if target.model is None:
+            return target.provider
+        if _BARE.fullmatch(target.model):
+            return f"{target.provider}/{target.model}"
+        return f'"{target.provider}/{target.model}"'
+    if isinstance(target, Split):
+        members = ", ".join(f"{number_text(w)}% {target_text(m)}" for w, m in zip(target.weights, target.members))
+        return f"split [{members}]" + (" by ..." if target.sticky else "")
+    word = "fallback" if isinstance(target, Fallback) else "fastest"
+    assert isinstance(target, (Fallback, Fastest))
+    return f"{word} [{', '.join(target_text(m) for m in target.members)}]"
+
+
+def outcome_text(decision) -> str:
+    """What a decision does with the request: deny, route or error."""
+    if decision.deny is not None:
+        return f"deny {decision.deny[0]}"
+    if decision.route is not None:
+        implicit = " (from the model name)" if decision.implicit else ""
+        return f"route {target_text(decision.route)}{implicit}"
+    if decision.error is not None:
+        return f"error {decision.error[0]}"
+    return "no outcome"
+
+
+def cache_text(decision) -> str:
+    if decision.cache is None:
+        return "no cache"
+    if not decision.cache.enabled:
+        return "cache off"
+    return f"cache ttl {duration_text(decision.cache.ttl)}"
