@@ -51,19 +51,6 @@ def wait_until(condition, timeout: float = 30.0, interval: float = 0.02, what: s
         time.sleep(interval)
 
 
-def established_connections(port: int) -> int:
-    """How many TCP connections to 127.0.0.1:port are established (client ends, from /proc/net/tcp)."""
-    remote = f"0100007F:{port:04X}"
-    count = 0
-    with open("/proc/net/tcp") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            if fields[2] == remote and fields[3] == "01":
-                count += 1
-    return count
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -170,3 +157,45 @@ def start_upstream(*args: str, timeout: float = 10.0) -> UpstreamProc:
             if "address already in use" not in str(exc).lower() or attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+# TCP states as /proc/net/tcp writes them; the end that closes a connection first goes through
+# FIN_WAIT1, FIN_WAIT2 or CLOSING to TIME_WAIT.
+ESTABLISHED, LISTEN = "01", "0A"
+CLOSED_FIRST = frozenset({"04", "05", "06", "0B"})
+
+
+def _tcp_sockets():
+    """(local address, remote address, state, inode) of every IPv4 TCP socket (Linux)."""
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            yield fields[1], fields[2], fields[3], fields[9]
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def client_connections(port: int, pid: int) -> list[str]:
+    """The states of process pid's sockets connected to 127.0.0.1:port."""
+    remote, inodes = f"0100007F:{port:04X}", _socket_inodes(pid)
+    return [state for _, peer, state, inode in _tcp_sockets() if peer == remote and inode in inodes]
+
+
+def server_ends(port: int) -> list[str]:
+    """The states of the accepted sockets of a server on 127.0.0.1:port (its listening socket aside).
+
+    A server end in one of CLOSED_FIRST means the server closed that connection first; when the
+    client closes first, the server end soon leaves no trace."""
+    local = f"0100007F:{port:04X}"
+    return [state for address, _, state, _ in _tcp_sockets() if address == local and state != LISTEN]
