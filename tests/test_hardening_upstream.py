@@ -180,8 +180,6 @@ def test_100k_small_chunks_are_assembled_for_the_cache_without_stalling(gateway,
 
 # ---- 10. a client leaving before the first byte ------------------------------------------------
 
-@pytest.mark.xfail(reason="needs server.py to hand the ASGI channel to the call once the body is read "
-                          "(`call.receive = request.receive`); the pipeline side is in place", strict=False)
 def test_a_client_leaving_before_the_first_byte_cancels_the_upstream_call(gateway, hostile):
     before = stats(hostile)["cancelled"]
     with httpx.Client(trust_env=False, timeout=httpx.Timeout(30, read=0.5)) as client:

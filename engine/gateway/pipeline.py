@@ -93,6 +93,9 @@ class Call:
 
 
 def _header_safe(text: str) -> str:
+    """A header value that cannot split or end the header block, whatever text it came from."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else "?" for c in text)
     return text if text.isascii() else text.encode("utf-8").decode("latin-1")
 
 

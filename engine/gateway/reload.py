@@ -5,7 +5,7 @@ editor save compiles once), SIGHUP, and POST /admin/reload. A load that fails ch
 that is served: the error is logged and kept for GET /admin/policy.
 
 Careless edits are held back: a reload waits until the files have stopped changing (size and
-mtime steady over SETTLE_SECONDS), and a policy that would drop every rule, provider or key the
+mtime steady over the settle period, --reload-settle), and a policy that would drop every rule, provider or key the
 live one has is refused unless forced (POST /admin/reload?force=1): a file caught half-written
 must not open the gateway to keyless clients.
 """
@@ -29,7 +29,8 @@ DEBOUNCE_MS = 150
 POLL_SECONDS = 1.0
 # A file must keep its size and mtime this long before it is loaded; a writer pausing between
 # two writes for less than this is not caught half-way (EDGERULES_RELOAD_SETTLE, e.g. 0.5).
-SETTLE_SECONDS = float(os.environ.get("EDGERULES_RELOAD_SETTLE", "0.3"))
+ENV_SETTLE = "EDGERULES_RELOAD_SETTLE"   # seconds, as `serve` exports it (--reload-settle)
+DEFAULT_SETTLE = 0.3
 SETTLE_LIMIT = 30.0   # a file still changing after this long is loaded as it is
 
 
@@ -40,6 +41,7 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._failed_version: str | None = None
+        self.settle_seconds = float(os.environ.get(ENV_SETTLE) or DEFAULT_SETTLE)
 
     async def reload(self, reason: str, force: bool = False, settle: bool = True) -> dict:
         """Load, check and compile in a worker thread; install only a policy that loaded.
@@ -142,11 +144,11 @@ class Reloader:
         return tuple(out)
 
     async def _settle(self) -> None:
-        """Wait until the files have kept their size and mtime for SETTLE_SECONDS."""
+        """Wait until the files have kept their size and mtime for the settle period."""
         give_up = time.monotonic() + SETTLE_LIMIT
         before = await asyncio.to_thread(self._snapshot)
         while time.monotonic() < give_up:
-            await asyncio.sleep(SETTLE_SECONDS)
+            await asyncio.sleep(self.settle_seconds)
             now = await asyncio.to_thread(self._snapshot)
             if now == before:
                 return

@@ -72,6 +72,7 @@ async def _handle(request: Request, kind: str) -> Response:
         started = time.monotonic()
         call = Call(kind, body, kind == "chat" and body.get("stream") is True, key, live, decision,
                     decision.route, started, started + decision.deadline)
+        call.receive = request.receive   # the body is read: the channel now only tells of a disconnect
         if decision.deny is not None:
             status, message = decision.deny
             raise GatewayError(status, message, code="denied_by_policy")
@@ -338,7 +339,7 @@ def _run(values: dict) -> int:
                            loop="uvloop", http=GuardedHttpProtocol, ws="none",
                            timeout_keep_alive=values["keep_alive_timeout"], log_level=values["log_level"],
                            access_log=False, log_config=None,
-                           forwarded_allow_ips=os.environ.get(FORWARDED_ALLOW_IPS, ""))
+                           forwarded_allow_ips=values["forwarded_allow_ips"])
     if values["workers"] == 1:
         server = uvicorn.Server(config)
         server.run()

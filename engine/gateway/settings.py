@@ -117,6 +117,14 @@ SETTINGS = (
             parse_seconds, "an idle connection between requests is closed after this", "D"),
     Setting("max_connections", "--max-connections", "EDGERULES_MAX_CONNECTIONS", "1000", _positive,
             "open connections a worker process accepts; above it a request gets 503", "N"),
+    Setting("forwarded_allow_ips", "--forwarded-allow-ips", "EDGERULES_FORWARDED_ALLOW_IPS", "", str,
+            "proxies whose forwarding headers are believed (comma-separated addresses); none by default", "IPS"),
+    Setting("reload_settle", "--reload-settle", "EDGERULES_RELOAD_SETTLE", "300ms", parse_seconds,
+            "policy files must keep their size and mtime this long before a reload loads them", "D"),
+    Setting("max_upstream_body", "--max-upstream-body", "EDGERULES_MAX_UPSTREAM_BODY", "32MiB", _size,
+            "largest upstream answer, JSON or stream (502 above it)", "SIZE"),
+    Setting("max_upstream_event", "--max-upstream-event", "EDGERULES_MAX_UPSTREAM_EVENT", "1MiB", _size,
+            "longest event of an upstream stream (an in-band error past it)", "SIZE"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
