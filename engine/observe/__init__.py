@@ -1,0 +1,1 @@
+"""Visibility: the request log, usage, metrics, traces and the dashboard."""
