@@ -61,6 +61,7 @@ class Call:
     # The ASGI receive channel, once the request body is read: a client leaving before the
     # answer then cancels the upstream call.
     receive: object = None
+    ttft: float | None = None      # seconds from the start to a stream's first upstream event
 
     @property
     def usage(self) -> dict | None:
@@ -232,6 +233,7 @@ async def _attempt(gw: "Gateway", call: Call, provider, model: str, timeout: flo
     except BaseException:
         await stream.aclose()
         raise
+    call.ttft = time.monotonic() - call.started
     return StreamingResponse(_relay(gw, call, first, events, stream), media_type="text/event-stream",
                              headers=SSE_HEADERS)
 

@@ -138,10 +138,8 @@ async def metrics(request: Request) -> Response:
     if os.environ.get(ADMIN_TOKEN) and (err := _admin_allowed(request)) is not None:
         return error_response(err)
     gw: Gateway = request.app.state.gw
-    extra = [f'edgerules_policy_info{{version="{gw.live.policy.version}"}} 1']
-    for name, h in gw.health.snapshot().items():
-        extra.append(f'edgerules_provider_open{{provider="{name}"}} {int(h["open"])}')
-    return Response(gw.metrics.render(extra), media_type="text/plain; version=0.0.4")
+    return Response(gw.metrics.render(gw.health.snapshot(), gw.live.policy.version),
+                    media_type="text/plain; version=0.0.4")
 
 
 def _admin_allowed(request: Request) -> GatewayError | None:

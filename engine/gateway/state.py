@@ -62,7 +62,7 @@ class Gateway:
                 changed["added" if prev is None else "replaced"].append(name)
         changed["removed"] = [n for n in old_providers if n not in policy.providers]
         live = Live(policy, providers, KeyRing(policy.keys))
-        self.metrics.know(policy.models(), policy.providers)
+        self.metrics.know(policy.models(), policy.providers, policy.model_ids())
         self.live = live
         self.health.forget(policy.providers)
         if old is not None:
@@ -113,6 +113,7 @@ class Gateway:
         seconds = time.monotonic() - call.started
         d = call.decision
         self.metrics.request(call.route, status, call.cache, seconds, d.tags if d else ())
+        self.metrics.operation(call, status, seconds, call.usage if call.route else None, _price(call))
         level = d.log if d else "meta"
         if level == "none" or not access_log.isEnabledFor(logging.INFO):
             return
@@ -134,3 +135,10 @@ class Gateway:
             entry.pop("request", None)
             line = orjson.dumps(entry)
         access_log.info(line.decode())
+
+
+def _price(call):
+    """The answering model's price, None when its provider has no price for it."""
+    provider, _, model = call.route.partition("/")
+    provider = call.live.providers.get(provider)
+    return provider.spec.price(model) if provider is not None else None
