@@ -224,7 +224,7 @@ def test_bad_format():
     assert where(d) == ("t.rules", 2, 12, "error", "bad-format", "unknown format 'antropic'")
     assert d.hint == "did you mean 'anthropic'?"
     d = only("provider demo {\n    format grpc\n}\n")
-    assert (d.message, d.hint) == ("unknown format 'grpc'", "use openai, anthropic or echo")
+    assert (d.message, d.hint) == ("unknown format 'grpc'", "use openai, anthropic, azure, gemini, bedrock or echo")
 
 
 def test_missing_env_variable():

@@ -295,7 +295,7 @@ async def test_anthropic_does_not_serve_embeddings_or_tools(an):
     assert (err.status, err.kind, err.retryable) == (400, "unsupported", False)
     assert err.message == "provider 'claude' (anthropic format) does not serve embeddings"
     err = await fails(provider.chat({**CHAT, "tools": [{"type": "function"}]}, "c", 5.0))
-    assert err.kind == "unsupported" and "tool calls" in err.message
+    assert err.kind == "unsupported" and "a function tool without a name" in err.message
     assert await provider.models() == ["echo"]
 
 

@@ -1,4 +1,5 @@
-"""Secrets out of every byte the gateway sends or logs: provider keys and gateway key secrets."""
+"""Secrets out of every byte the gateway sends or logs: provider keys, credentials and header values,
+and gateway key secrets."""
 from __future__ import annotations
 
 import weakref
@@ -53,7 +54,7 @@ def policy_redactor(policy) -> Redactor:
     """Every provider key and plain gateway key secret of a policy, built once per policy."""
     found = _by_policy.get(policy)
     if found is None:
-        secrets = [spec.api_key for spec in policy.providers.values()]
+        secrets = [secret for spec in policy.providers.values() for secret in spec.secrets()]
         secrets += [key.secret for key in policy.keys]
         found = _by_policy[policy] = Redactor(secrets)
     return found

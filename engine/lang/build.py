@@ -93,7 +93,17 @@ class AstBuilder(Transformer_NonRecursive):
     url_setting = _setting("url")
     api_key_setting = _setting("api_key")
     secret_setting = _setting("secret")
+    headers_setting = _setting("headers")       # args: (name, name location, Value) per header
+    api_version_setting = _setting("api_version")
+    deployment_setting = _setting("deployment")
+    region_setting = _setting("region")
+    access_key_setting = _setting("access_key")
+    secret_key_setting = _setting("secret_key")
     del _setting
+
+    def header(self, items):
+        name, value = items
+        return (unquote(name), self._tok(name), value)
 
     @v_args(meta=True)
     def format_setting(self, meta, items):

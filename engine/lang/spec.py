@@ -23,13 +23,20 @@ class Price:
 @dataclass(frozen=True, slots=True)
 class ProviderSpec:
     name: str
-    format: str = "openai"                 # openai | anthropic | echo
+    format: str = "openai"                 # openai | anthropic | azure | gemini | bedrock | echo
     url: str | None = None
     api_key: str | None = field(default=None, repr=False)
     timeout: float = DEFAULT_TIMEOUT
     cooldown: float = DEFAULT_COOLDOWN
     failures: int = DEFAULT_FAILURES
     prices: tuple[tuple[str, Price], ...] = ()
+    # (name, value) sent on every call; values may come from env(...) and are redacted like keys
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    api_version: str | None = None         # azure: the api-version query parameter
+    deployment: str | None = None          # azure: the deployment (default: the model name)
+    region: str | None = None              # bedrock: the AWS region
+    access_key: str | None = field(default=None, repr=False)   # bedrock: AWS access key id
+    secret_key: str | None = field(default=None, repr=False)   # bedrock: AWS secret access key
 
     def price(self, model: str) -> Price | None:
         for name, price in self.prices:
@@ -39,7 +46,13 @@ class ProviderSpec:
 
     def client_identity(self) -> tuple:
         """What a pooled upstream client depends on; a change means a new client."""
-        return (self.format, self.url, self.api_key)
+        return (self.format, self.url, self.api_key, self.headers, self.api_version, self.deployment,
+                self.region, self.access_key, self.secret_key)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every value of this provider that must never reach a client, a log or a metric."""
+        return tuple(v for v in (self.api_key, self.access_key, self.secret_key, *(v for _, v in self.headers))
+                     if v)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from ...lang.spec import ProviderSpec
 from ..redact import Redactor
@@ -126,7 +127,7 @@ class UpstreamStream:
 class Provider(ABC):
     def __init__(self, spec: ProviderSpec):
         self.spec = spec
-        self.redactor = Redactor([spec.api_key])   # the key is part of a client's identity: fixed
+        self.redactor = Redactor(spec.secrets())   # the secrets are part of a client's identity: fixed
 
     @abstractmethod
     async def chat(self, body: dict, model: str, timeout: float) -> UpstreamResponse: ...
@@ -203,7 +204,8 @@ class HttpProvider(Provider):
     def __init__(self, spec: ProviderSpec, base_url: str, headers: dict[str, str]):
         super().__init__(spec)
         self.base_url = base_url.rstrip("/")
-        self.headers = {"content-type": "application/json", "accept": "application/json", **headers}
+        self.headers = {"content-type": "application/json", "accept": "application/json", **headers,
+                        **dict(spec.headers)}
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.max_body, self.max_event = upstream_limits()
@@ -232,7 +234,9 @@ class HttpProvider(Provider):
             raise self.error(400, f"cannot send the request to upstream '{self.spec.name}': {exc}",
                              kind="unsupported") from None
         try:
-            resp = await self.session().post(url, data=data, headers=self.headers, allow_redirects=False,
+            # encoded: the path goes out exactly as built (and, for bedrock, as signed)
+            resp = await self.session().post(URL(url, encoded=True), data=data, headers=self.headers_for(url, data),
+                                             allow_redirects=False,
                                              timeout=_attempt_timeout(timeout, stream))
             if resp.status >= 300:
                 body = await self.read_body(resp, _ERROR_READ_LIMIT, cut=True)
@@ -253,6 +257,10 @@ class HttpProvider(Provider):
         except aiohttp.ClientError as exc:
             raise self.error(502, f"upstream '{self.spec.name}' closed the connection before answering "
                                   f"({type(exc).__name__})", kind="connect") from None
+
+    def headers_for(self, url: str, data: bytes) -> dict[str, str]:
+        """The headers of one POST; a provider that signs each request (bedrock) overrides it."""
+        return self.headers
 
     async def read_body(self, resp: aiohttp.ClientResponse, limit: int, *, cut: bool = False) -> bytes:
         """The answer's bytes, never more than `limit` in memory: past it a 502 (or, with `cut`,
@@ -262,146 +270,6 @@ class HttpProvider(Provider):
             return await resp.read()   # the parser stops at Content-Length
         chunks, size = [], 0
         if length is None or cut:
-            async for chunk in resp.content.iter_any():
-                size += len(chunk)
-                if size > limit:
-                    chunks.append(chunk[:limit - size])
-                    break
-                chunks.append(chunk)
-            else:
-                resp.release()
-                return b"".join(chunks)
-        resp.close()
-        if cut:
-            return b"".join(chunks)
-        raise self.error(502, f"upstream '{self.spec.name}' answered with more than {limit} bytes "
-                              f"(EDGERULES_MAX_UPSTREAM_BODY)", upstream_status=resp.status)
-
-    async def models(self) -> list[str]:
-        return []
-
-    async def close(self) -> None:
-        return None
-
-    def error(self, status: int, message: str, **kw) -> ProviderError:
-        return ProviderError(status, self.redact(message), provider=self.spec.name, **kw)
-
-    def redact(self, text: str) -> str:
-        # Some servers echo the presented key in their 401 message; it must not reach clients or logs.
-        return self.redactor.text(text)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header; an HTTP-date is ignored."""
-    if not value:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return max(seconds, 0.0) if seconds == seconds else None
-
-
-def error_message(body: bytes, reason: str, redactor: Redactor | None = None) -> str:
-    """The upstream's own message from an OpenAI or Anthropic error body, else a short excerpt;
-    with a redactor, redacted before anything is cut."""
-    if redactor:
-        body = redactor.bytes(body)
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str) and err:
-            return err
-        if data.get("message"):
-            return str(data["message"])
-        if isinstance(data.get("detail"), str):
-            return data["detail"]
-    text = body.decode("utf-8", "replace").strip()
-    return text[:_ERROR_BODY_LIMIT] if text else reason
-
-
-@functools.lru_cache(maxsize=256)
-def _attempt_timeout(seconds: float, stream: bool) -> aiohttp.ClientTimeout:
-    """aiohttp's own timer: measured at ~0 us a request where asyncio.timeout() cost ~9 us.
-
-    A plain call is bounded as a whole (connect, send, headers, body). A stream is bounded up to
-    its headers and then by the longest silence between two reads.
-    """
-    if stream:
-        return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
-    return aiohttp.ClientTimeout(total=seconds)
-
-
-class HttpProvider(Provider):
-    """A provider over HTTP: one pooled aiohttp session, created inside the running event loop."""
-
-    def __init__(self, spec: ProviderSpec, base_url: str, headers: dict[str, str]):
-        super().__init__(spec)
-        self.base_url = base_url.rstrip("/")
-        self.headers = {"content-type": "application/json", "accept": "application/json", **headers}
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.max_body, self.max_event = upstream_limits()
-
-    def session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        # A session is bound to its loop; a provider reused from another loop (tests) gets a fresh one.
-        if self._session is None or self._loop is not loop or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=30, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=False,
-                                                  timeout=aiohttp.ClientTimeout(total=None))
-            self._loop = loop
-        return self._session
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
-
-    async def post(self, path: str, payload: dict, timeout: float, *, stream: bool = False):
-        """POST and wait for a 2xx answer: its bytes, or for a stream the open response."""
-        url = self.base_url + path
-        try:
-            data = orjson.dumps(payload)
-        except orjson.JSONEncodeError as exc:   # e.g. an integer beyond 64 bits
-            raise self.error(400, f"cannot send the request to upstream '{self.spec.name}': {exc}",
-                             kind="unsupported") from None
-        try:
-            resp = await self.session().post(url, data=data, headers=self.headers, allow_redirects=False,
-                                             timeout=_attempt_timeout(timeout, stream))
-            if resp.status >= 300:
-                body = await self.read_body(resp, _ERROR_READ_LIMIT, cut=True)
-                raise self.status_error(resp.status, body, resp.headers.get("retry-after"),
-                                        resp.reason or "")
-            if stream:
-                return resp
-            return await self.read_body(resp, self.max_body)
-        except ProviderError:
-            raise
-        except TimeoutError:
-            raise self.error(504, f"upstream '{self.spec.name}' did not answer within {timeout:g}s",
-                             kind="timeout") from None
-        except aiohttp.ClientConnectorError as exc:
-            reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
-            raise self.error(502, f"cannot connect to upstream '{self.spec.name}': {reason}",
-                             kind="connect") from None
-        except aiohttp.ClientError as exc:
-            raise self.error(502, f"upstream '{self.spec.name}' closed the connection before answering "
-                                  f"({type(exc).__name__})", kind="connect") from None
-
-    async def read_body(self, resp: aiohttp.ClientResponse, limit: int, *, cut: bool = False) -> bytes:
-        """The answer's bytes, never more than `limit` in memory: past it a 502 (or, with `cut`,
-        the first `limit` bytes); either way the connection is closed, not drained."""
-        length = resp.content_length
-        if length is not None and length <= limit:
-            return await resp.read()   # the parser stops at Content-Length
-        chunks, size = [], 0
-        if length is None:
             async for chunk in resp.content.iter_any():
                 size += len(chunk)
                 if size > limit:

@@ -21,26 +21,35 @@ class OpenAIProvider(HttpProvider):
         super().__init__(spec, spec.url or DEFAULT_URL, headers)
 
     async def chat(self, body: dict, model: str, timeout: float) -> UpstreamResponse:
+        return await self.chat_at("/chat/completions", body, model, timeout)
+
+    async def chat_stream(self, body: dict, model: str, timeout: float) -> UpstreamStream:
+        return await self.chat_stream_at("/chat/completions", body, model, timeout)
+
+    async def embeddings(self, body: dict, model: str, timeout: float) -> UpstreamResponse:
+        return await self.embeddings_at("/embeddings", body, model, timeout)
+
+    async def chat_at(self, path: str, body: dict, model: str, timeout: float) -> UpstreamResponse:
         payload = {**body, "model": model}
         if payload.get("stream"):
             # chat() promises one JSON answer, whatever the client's body asked for.
             payload["stream"] = False
             payload.pop("stream_options", None)
-        raw = await self.post("/chat/completions", payload, timeout)
+        raw = await self.post(path, payload, timeout)
         self.check_answer(raw)
         return UpstreamResponse(200, raw)
 
-    async def chat_stream(self, body: dict, model: str, timeout: float) -> UpstreamStream:
+    async def chat_stream_at(self, path: str, body: dict, model: str, timeout: float) -> UpstreamStream:
         payload = {**body, "model": model, "stream": True}
-        resp = await self.post("/chat/completions", payload, timeout, stream=True)
+        resp = await self.post(path, payload, timeout, stream=True)
         if resp.content_type == "application/json":
             resp.close()
             raise self.error(502, f"upstream '{self.spec.name}' answered a stream request with JSON "
                                   f"instead of events", upstream_status=resp.status)
         return UpstreamStream(self._events(resp, timeout), resp.close)
 
-    async def embeddings(self, body: dict, model: str, timeout: float) -> UpstreamResponse:
-        raw = await self.post("/embeddings", {**body, "model": model}, timeout)
+    async def embeddings_at(self, path: str, body: dict, model: str, timeout: float) -> UpstreamResponse:
+        raw = await self.post(path, {**body, "model": model}, timeout)
         self.check_answer(raw)
         return UpstreamResponse(200, raw)
 

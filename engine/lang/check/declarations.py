@@ -1,4 +1,5 @@
-"""Checks of the declarations: providers (url, format, key, timeout, cooldown, prices) and keys."""
+"""Checks of the declarations: providers (url, format, key, timeout, cooldown, prices, headers and
+the settings of one format) and keys."""
 from __future__ import annotations
 
 import difflib
@@ -8,9 +9,18 @@ from .. import ast
 from ..source import Location
 from ..spec import DEFAULT_COOLDOWN, DEFAULT_FAILURES, DEFAULT_TIMEOUT, KeySpec, Price, ProviderSpec
 
-FORMATS = ("openai", "anthropic", "echo")
-DEFAULT_URLS = {"anthropic": "https://api.anthropic.com/v1"}
+FORMATS = ("openai", "anthropic", "azure", "gemini", "bedrock", "echo")
+DEFAULT_URLS = {"anthropic": "https://api.anthropic.com/v1",
+                "gemini": "https://generativelanguage.googleapis.com/v1beta"}
+DEFAULT_AZURE_API_VERSION = "2024-10-21"
+# Settings that mean something to one format only: elsewhere they would be silently ignored.
+FORMAT_SETTINGS = {"api_version": "azure", "deployment": "azure", "region": "bedrock",
+                   "access_key": "bedrock", "secret_key": "bedrock"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")   # an RFC 9110 token
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+# Set by the gateway itself on every call (the body, its length, the signature covers them).
+_OWN_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding"})
 
 
 class DeclarationChecks:
@@ -65,6 +75,15 @@ class DeclarationChecks:
                 opts["api_key"] = self._value(s.args[0], True, f"the api_key of provider '{decl.name}'")
             elif s.name == "format":
                 self._format(s, opts)
+            elif s.name == "headers":
+                opts["headers"] = self._headers(s)
+            elif s.name in ("api_version", "deployment", "region"):
+                opts[s.name] = self._value(s.args[0], False, s.name)
+                if s.name == "region" and opts[s.name] and not _REGION.fullmatch(opts[s.name]):
+                    self.error("bad-region", f"'{opts[s.name]}' is not an AWS region", s.args[0].loc,
+                               hint='write it as AWS does, e.g. region "us-east-1"')
+            elif s.name in ("access_key", "secret_key"):
+                opts[s.name] = self._value(s.args[0], True, f"the {s.name} of provider '{decl.name}'")
             elif s.name == "timeout":
                 if s.args[0] <= 0:
                     self.error("bad-duration", "timeout must be longer than zero", s.loc)
@@ -87,12 +106,59 @@ class DeclarationChecks:
         fmt = opts.get("format", "openai")
         url = opts.get("url") or DEFAULT_URLS.get(fmt)
         bad_format = "format" in set_at and "format" not in opts  # already reported
-        if fmt == "openai" and "url" not in opts and not bad_format:
+        if fmt in ("openai", "azure") and "url" not in opts and not bad_format:
             self.error("missing-url", f"provider '{decl.name}' needs a url", decl.loc,
-                       hint='add url "http://..." (any OpenAI-compatible server) or format echo')
+                       hint='add url "https://NAME.openai.azure.com"' if fmt == "azure" else
+                       'add url "http://..." (any OpenAI-compatible server) or format echo')
+        if not bad_format:
+            self._format_settings(decl, fmt, opts, set_at)
+        if fmt == "bedrock" and opts.get("region") and not opts.get("url"):
+            url = f"https://bedrock-runtime.{opts['region']}.amazonaws.com"
+        if fmt == "azure":
+            opts.setdefault("api_version", DEFAULT_AZURE_API_VERSION)
         return ProviderSpec(decl.name, fmt, url.rstrip("/") if url else url, opts.get("api_key"),
                             opts.get("timeout", DEFAULT_TIMEOUT), opts.get("cooldown", DEFAULT_COOLDOWN),
-                            opts.get("failures", DEFAULT_FAILURES), tuple(opts["prices"]))
+                            opts.get("failures", DEFAULT_FAILURES), tuple(opts["prices"]),
+                            tuple(opts.get("headers", ())), opts.get("api_version"), opts.get("deployment"),
+                            opts.get("region"), opts.get("access_key"), opts.get("secret_key"))
+
+    def _format_settings(self, decl: ast.ProviderDecl, fmt: str, opts: dict, set_at: dict) -> None:
+        for name, owner in FORMAT_SETTINGS.items():
+            if name in set_at and owner != fmt:
+                self.error("format-setting", f"'{name}' is a setting of format {owner}, not {fmt}",
+                           set_at[name], hint=f"remove it, or set format {owner}")
+        if fmt == "bedrock":
+            if "region" not in set_at:
+                self.error("missing-region", f"provider '{decl.name}' (format bedrock) needs a region",
+                           decl.loc, hint='add region "us-east-1" (the AWS region of the models)')
+            missing = [n for n in ("access_key", "secret_key") if n not in set_at]
+            if missing:
+                self.error("missing-credentials", f"provider '{decl.name}' (format bedrock) needs "
+                           f"{' and '.join(missing)}", decl.loc,
+                           hint='add access_key env("AWS_ACCESS_KEY_ID") and secret_key env("AWS_SECRET_ACCESS_KEY")')
+            if "api_key" in set_at:
+                self.error("format-setting", "'api_key' is not a setting of format bedrock (it signs "
+                           "with access_key and secret_key)", set_at["api_key"])
+
+    def _headers(self, s: ast.Setting) -> list[tuple[str, str]]:
+        out, seen = [], {}
+        for name, loc, value in s.args:
+            lower = name.lower()
+            if not _HEADER_NAME.fullmatch(name):
+                self.error("bad-header", f"'{name}' is not a valid header name", loc)
+            elif lower in _OWN_HEADERS:
+                self.error("bad-header", f"the gateway sets '{name}' itself", loc)
+            elif lower in seen:
+                self.error("duplicate-setting", f"header '{name}' is already set at {seen[lower]}", loc)
+            else:
+                seen[lower] = loc
+                text = self._value(value, False, "")
+                if text is not None and any(ord(c) < 32 or ord(c) == 127 for c in text):
+                    self.error("bad-header", f"the value of header '{name}' has a control character",
+                               value.loc)
+                elif text is not None:
+                    out.append((lower, text))
+        return out
 
     def _format(self, s: ast.Setting, opts: dict) -> None:
         fmt = s.args[0]
@@ -101,7 +167,7 @@ class DeclarationChecks:
             return
         close = difflib.get_close_matches(fmt, FORMATS, n=1)
         self.error("bad-format", f"unknown format '{fmt}'", s.loc,
-                   hint=f"did you mean '{close[0]}'?" if close else "use openai, anthropic or echo")
+                   hint=f"did you mean '{close[0]}'?" if close else f"use {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
 
     def _keys(self, decls) -> tuple[KeySpec, ...]:
         seen: dict[str, Location] = {}
