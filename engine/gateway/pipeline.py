@@ -12,7 +12,7 @@ from starlette.responses import Response, StreamingResponse
 
 from ..lang.spec import Single, Target
 from .errors import GatewayError, error_body
-from .providers import ProviderError
+from .providers import ProviderError, UpstreamResponse
 from .redact import policy_redactor
 from .retry import is_retryable, retry_delay
 from .router import plan, resolve_model
@@ -55,6 +55,7 @@ class Call:
     admission: object = None       # the limiter's reservations, settled after the answer
     error: str = ""
     extra_headers: dict = field(default_factory=dict)
+    ingress: object = None         # an ingress.Exchange for /v1/responses, /v1/messages, /v1/completions
     # Sees each stream event on its way to the client and returns what to send (b"" drops it):
     # how usage is read from streams and how a streamed answer is assembled for the cache.
     tap: object = None
@@ -214,15 +215,21 @@ async def _forward(gw: "Gateway", call: Call) -> Response:
 
 
 async def _attempt(gw: "Gateway", call: Call, provider, model: str, timeout: float) -> Response:
-    if call.kind == "embeddings" or not call.stream:
+    if call.ingress is not None:
+        # /v1/responses, /v1/messages, /v1/completions: as sent to a provider of the same
+        # format, else through its chat; either way a JSON answer or events in the client's shape.
+        stream = answer = await call.ingress.forward(call, provider, model, timeout)
+    elif call.kind == "embeddings" or not call.stream:
         if call.kind == "embeddings":
             answer = await provider.embeddings(call.body, model, timeout)
         else:
             answer = await provider.chat(call.body, model, timeout)
+    else:
+        stream = answer = await provider.chat_stream(call.body, model, timeout)
+    if isinstance(answer, UpstreamResponse):
         call.answer = answer
         redactor = policy_redactor(call.live.policy)
         return Response(redactor.bytes(answer.body) if redactor else answer.body, media_type="application/json")
-    stream = await provider.chat_stream(call.body, model, timeout)
     events = stream.__aiter__()
     try:
         first = await events.__anext__()

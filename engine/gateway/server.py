@@ -26,6 +26,7 @@ from .errors import GatewayError, error_response
 from .pipeline import Call, forward
 from .reload import Reloader
 from .settings import BY_NAME
+from .ingress import COMPLETIONS, MESSAGES, RESPONSES, Ingress
 from .requests import read_json, validate_chat, validate_embeddings, validate_metadata
 from .state import Gateway
 
@@ -55,16 +56,33 @@ async def embeddings(request: Request) -> Response:
     return await _handle(request, "embeddings")
 
 
-async def _handle(request: Request, kind: str) -> Response:
+async def responses(request: Request) -> Response:
+    return await _handle(request, "chat", RESPONSES)
+
+
+async def messages(request: Request) -> Response:
+    return await _handle(request, "chat", MESSAGES)
+
+
+async def completions(request: Request) -> Response:
+    return await _handle(request, "chat", COMPLETIONS)
+
+
+async def _handle(request: Request, kind: str, ingress: Ingress | None = None) -> Response:
     gw: Gateway = request.app.state.gw
     live = gw.begin()
     call: Call | None = None
     scope = request.scope
     headers = header_dict(scope)
     try:
-        key = live.keyring.authenticate(headers.get("authorization"))
+        key = live.keyring.authenticate(headers.get("authorization") if ingress is None
+                                        else ingress.credential(headers))
         body = await read_json(request, gw.max_body, headers.get("content-length"))
-        (validate_chat if kind == "chat" else validate_embeddings)(body)
+        exchange = None if ingress is None else ingress.accept(body)
+        if exchange is None:
+            (validate_chat if kind == "chat" else validate_embeddings)(body)
+        else:
+            body = exchange.chat   # the fields the policy reads, the same whatever the shape
         validate_metadata(headers)
         client = scope.get("client")
         decision = live.policy.evaluate(body, headers, key, scope["path"], scope["method"],
@@ -73,6 +91,7 @@ async def _handle(request: Request, kind: str) -> Response:
         call = Call(kind, body, kind == "chat" and body.get("stream") is True, key, live, decision,
                     decision.route, started, started + decision.deadline)
         call.receive = request.receive   # the body is read: the channel now only tells of a disconnect
+        call.ingress = exchange
         if decision.deny is not None:
             status, message = decision.deny
             raise GatewayError(status, message, code="denied_by_policy")
@@ -81,7 +100,8 @@ async def _handle(request: Request, kind: str) -> Response:
             raise GatewayError(status, message, code=code, param="model")
         if decision.limits and gw.limiter is not None:
             await gw.limiter.admit(call)
-        if gw.cache is not None and decision.cache is not None and decision.cache.enabled:
+        # Ingress shapes are not cached: their answers are keyed by shape, not by the chat body.
+        if gw.cache is not None and exchange is None and decision.cache is not None and decision.cache.enabled:
             response = await gw.cache.serve(call, lambda: forward(gw, call), headers)
         else:
             response = await forward(gw, call)
@@ -127,6 +147,22 @@ async def models(request: Request) -> Response:
     data = [{"id": m, "object": "model", "created": 0, "owned_by": m.split("/", 1)[0] if "/" in m else "edgerules"}
             for m in ids]
     return _json({"object": "list", "data": data}, headers={"x-edgerules-policy": live.policy.version})
+
+
+async def model_info(request: Request) -> Response:
+    """GET /v1/models/{id}: one entry of the list above, or OpenAI's 404 `model_not_found`."""
+    live = request.app.state.gw.live
+    try:
+        live.keyring.authenticate(request.headers.get("authorization"))
+    except GatewayError as err:
+        return error_response(err)
+    model = request.path_params["model"]
+    headers = {"x-edgerules-policy": live.policy.version}
+    if model not in live.policy.model_ids():
+        return error_response(GatewayError(404, f"The model '{model}' does not exist", param="model",
+                                           code="model_not_found"), headers)
+    owner = model.split("/", 1)[0] if "/" in model else "edgerules"
+    return _json({"id": model, "object": "model", "created": 0, "owned_by": owner}, headers=headers)
 
 
 async def healthz(request: Request) -> Response:
@@ -263,6 +299,10 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model_info, methods=["GET"]),
+        Route("/v1/responses", responses, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/admin/policy", admin_policy, methods=["GET"]),

@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 import orjson
 
 from ...gateway.providers import echo
-from . import answers
+from . import answers, responses
 from .faults import Faults, apply_knobs
 
 _JSON = [(b"content-type", b"application/json")]
@@ -26,7 +26,8 @@ class FakeUpstream:
         if format == "anthropic":
             self.routes = {"/messages": self._anthropic_chat}
         else:
-            self.routes = {"/chat/completions": self._openai_chat, "/embeddings": self._embeddings}
+            self.routes = {"/chat/completions": self._openai_chat, "/embeddings": self._embeddings,
+                           **responses.routes(self)}
         self.reset()
 
     def reset(self) -> None:
