@@ -95,13 +95,31 @@ class Exchange:
         payload = {**self.raw, "model": model}
         if not call.stream:
             raw = await provider.passthrough(self.ingress.path, payload, timeout)
-            return UpstreamResponse(200, raw, provider.parse_answer(raw))
+            return UpstreamResponse(200, raw, _native_answer(provider, raw))
         resp = await provider.passthrough(self.ingress.path, payload, timeout, stream=True)
         if resp.content_type == "application/json":
             resp.close()
             raise provider.error(502, f"upstream '{provider.spec.name}' answered a stream request with "
                                       f"JSON instead of events", upstream_status=resp.status)
         return UpstreamStream(_native_events(self.ingress, provider, resp, timeout, call), resp.close)
+
+
+def _native_answer(provider, raw: bytes) -> dict:
+    """A 200 answer that is a JSON object and not an error in disguise (a Response carries
+    `"error": null`, so only an error object counts)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise provider.error(502, f"upstream '{provider.spec.name}' answered 200 with a body that is not a "
+                                  f"JSON object", upstream_status=200)
+    if data.get("type") == "error" or isinstance(data.get("error"), dict):
+        error = data.get("error") if isinstance(data.get("error"), dict) else {}
+        raise provider.error(502, f"upstream '{provider.spec.name}' answered 200 with an error: "
+                                  f"{provider.redact(str(error.get('message') or 'unknown error'))}",
+                             upstream_status=200)
+    return data
 
 
 async def _translated(stream: UpstreamStream, translator: ChatStreamTranslator) -> AsyncIterator[bytes]:

@@ -1,0 +1,87 @@
+"""POST /v1/completions (legacy, openai pass-through) and GET /v1/models/{id}, with the openai SDK
+through a real gateway; limits and the access log apply to the new shapes as to chat."""
+from __future__ import annotations
+
+import orjson
+import openai
+import pytest
+
+from gw import start_gateway
+from procs import start_upstream
+
+POLICY = """
+provider oa { format openai url "{oa}" api_key "sk-oa-test" }
+provider an { format anthropic url "{an}" api_key "sk-an-test" }
+rule capped { when model == "capped" limit requests 2 per 1m route oa/gpt-test }
+rule to_openai { when model == "via-openai" route oa/gpt-test }
+rule to_anthropic { when model == "via-anthropic" route an/claude-test }
+rule fallback { when model == "both" route fallback [an/claude-test, oa/gpt-test] }
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    oa, an = start_upstream(), start_upstream("--format", "anthropic")
+    gw = start_gateway(POLICY.replace("{oa}", oa.url).replace("{an}", an.url),
+                       tmp_path_factory.mktemp("misc"), "--no-watch")
+    yield {"oa": oa, "an": an, "gw": gw}
+    gw.stop()
+    oa.stop()
+    an.stop()
+
+
+def client(setup) -> openai.OpenAI:
+    return openai.OpenAI(base_url=setup["gw"].base_url, api_key="x", max_retries=0)
+
+
+def test_completions_pass_through_to_openai(setup):
+    completion = client(setup).completions.create(model="via-openai", prompt="once upon a time", max_tokens=50)
+    assert completion.object == "text_completion" and "once upon a time" in completion.choices[0].text
+    assert setup["oa"].stats()["last_body"] == {"model": "gpt-test", "prompt": "once upon a time",
+                                                "max_tokens": 50}
+
+
+def test_completions_stream(setup):
+    chunks = list(client(setup).completions.create(model="via-openai", prompt="stream me", stream=True))
+    assert "stream me" in "".join(c.choices[0].text for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_completions_elsewhere_are_a_400_naming_the_format(setup):
+    with pytest.raises(openai.BadRequestError) as err:
+        client(setup).completions.create(model="via-anthropic", prompt="hi")
+    assert "completions" in err.value.message and "openai" in err.value.message
+    assert "anthropic format" in err.value.message
+
+
+def test_a_fallback_skips_a_target_that_cannot_serve_the_shape(setup):
+    completion = client(setup).completions.create(model="both", prompt="fall back")
+    assert "fall back" in completion.choices[0].text
+
+
+def test_model_by_id(setup):
+    models = client(setup).models
+    assert models.retrieve("via-openai").id == "via-openai"
+    assert models.retrieve("oa/gpt-test").owned_by == "oa"
+    with pytest.raises(openai.NotFoundError) as err:
+        models.retrieve("no-such-model")
+    assert err.value.body["code"] == "model_not_found" and err.value.body["param"] == "model"
+
+
+def test_limits_count_every_shape(setup):
+    gw = setup["gw"]
+    paths = [("/v1/responses", {"model": "capped", "input": "a"}),
+             ("/v1/completions", {"model": "capped", "prompt": "b"}),
+             ("/v1/chat/completions", {"model": "capped", "messages": [{"role": "user", "content": "c"}]})]
+    statuses = [gw.post(path, json=body).status_code for path, body in paths]
+    assert statuses == [200, 200, 429]
+
+
+def test_access_log_has_a_line_per_ingress_request(setup):
+    gw = setup["gw"]
+    before = gw.output().count('"route":"oa/gpt-test"')
+    assert gw.post("/v1/messages", json={"model": "via-openai", "max_tokens": 9,
+                                         "messages": [{"role": "user", "content": "logged"}]}).status_code == 200
+    line = gw.wait_for_output('"route":"oa/gpt-test"', before + 1).splitlines()
+    entries = [orjson.loads(text[text.index("{"):]) for text in line if '"route":"oa/gpt-test"' in text]
+    assert entries[-1]["status"] == 200 and entries[-1]["usage"]
