@@ -1,4 +1,4 @@
-"""`edgerules upstream`: a fake OpenAI- or Anthropic-style provider with fault injection.
+"""`edgerules upstream`: a fake provider (OpenAI, Anthropic, Azure, Gemini or Bedrock API) with fault injection.
 
 faults.py holds the knobs, answers.py what each format says, app.py the ASGI app, cli.py the
 command and its flags.

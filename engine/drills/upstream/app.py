@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
+import re
 from collections import Counter
 from dataclasses import asdict, replace
 
@@ -10,21 +12,29 @@ import orjson
 
 from ...gateway.providers import echo
 from . import answers, responses
+from . import bedrock, gemini
 from .faults import Faults, apply_knobs
 
 _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_EVENTSTREAM = [(b"content-type", bedrock.STREAM_TYPE)]
+_AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|embeddings)$")
 
 
 class FakeUpstream:
     """A bare ASGI app: no routing framework, so it stays the fast baseline of benchmarks."""
 
-    def __init__(self, format: str = "openai", faults: Faults | None = None, seed: int | None = None):
+    def __init__(self, format: str = "openai", faults: Faults | None = None, seed: int | None = None,
+                 credentials: tuple[str, str, str] | None = None):
         self.format = format
+        # bedrock: (access key, secret key, region) every request's SigV4 signature is checked against
+        self.credentials = credentials or (bedrock.TEST_ACCESS_KEY, bedrock.TEST_SECRET_KEY, bedrock.TEST_REGION)
         self.initial = faults or Faults()
         self.seed = seed
         if format == "anthropic":
             self.routes = {"/messages": self._anthropic_chat}
+        elif format in ("azure", "gemini", "bedrock"):
+            self.routes = {}   # the model or deployment is in the path: see _route
         else:
             self.routes = {"/chat/completions": self._openai_chat, "/embeddings": self._embeddings,
                            **responses.routes(self)}
@@ -67,7 +77,45 @@ class FakeUpstream:
         self.requests += 1
         self.last_headers = scope["headers"]
         self.last_body = body
+        if self.format in ("azure", "gemini", "bedrock"):
+            refusal = self._refusal(scope, body)
+            if refusal is not None:
+                await self._error(send, *refusal)
+                return
         await self._api(send, receive, method, path, body, scope["headers"])
+
+    def _refusal(self, scope, body: bytes) -> tuple[int, str] | None:
+        """What the format's own authentication says of a request: (status, message) or None."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.format == "gemini":
+            return gemini.key_problem(headers)
+        if self.format == "azure":
+            if not headers.get("api-key"):
+                return 401, ("Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+                             "provide a valid key for an active subscription and use a correct regional API "
+                             "endpoint for your resource.")
+            if b"api-version=" not in scope.get("query_string", b""):
+                return 404, "Resource not found (the api-version query parameter is missing)"
+            return None
+        problem = bedrock.signature_problem(scope["method"], scope.get("raw_path") or scope["path"].encode(),
+                                            scope.get("query_string", b""), headers, body, self.credentials)
+        return (403, problem) if problem else None
+
+    def _route(self, path: str):
+        """(handler, counter) of a path whose model or deployment is part of it; (None, None) else."""
+        if self.format == "azure" and (m := _AZURE_PATH.match(path)):
+            if m.group(2) == "embeddings":
+                return functools.partial(self._embeddings, default_model=m.group(1)), "embeddings"
+            return functools.partial(self._openai_chat, default_model=m.group(1)), "chat"
+        if self.format == "gemini" and (m := gemini.PATH.match(path)):
+            if m.group(2) == "batchEmbedContents":
+                return self._gemini_embed, "embeddings"
+            return functools.partial(self._gemini_chat, model=m.group(1),
+                                     stream=m.group(2) == "streamGenerateContent"), "chat"
+        if self.format == "bedrock" and (m := bedrock.PATH.match(path)):
+            return functools.partial(self._bedrock_chat, model=bedrock.model_id(m.group(1)),
+                                     stream=m.group(2) == "converse-stream"), "chat"
+        return None, None
 
     async def _admin(self, send, method: str, path: str, body: bytes) -> None:
         if path == "/healthz":
@@ -93,11 +141,12 @@ class FakeUpstream:
 
     async def _api(self, send, receive, method: str, path: str, body: bytes, headers: list) -> None:
         # Counted before faults apply, so a test can see how many attempts reached each endpoint.
-        if path == "/models":
+        route, counter = (self.routes.get(path), None) if self.routes else self._route(path)
+        if path in ("/models", "/v1beta/models"):
             self.models += 1
-        elif path == "/embeddings" and path in self.routes:
+        elif path == "/embeddings" and path in self.routes or counter == "embeddings":
             self.embeddings += 1
-        elif path in self.routes:
+        elif path in self.routes or counter == "chat":
             self.chat += 1
         if self.faults.latency:
             await asyncio.sleep(self.faults.latency)
@@ -105,10 +154,12 @@ class FakeUpstream:
         if status is not None:
             await self._error(send, status, answers.injected_message(status, headers))
             return
-        if method == "GET" and path == "/models":
+        if method == "GET" and path == "/models" and self.format in ("openai", "anthropic"):
             await self._send_json(send, 200, answers.model_list(self.format))
             return
-        route = self.routes.get(path)
+        if method == "GET" and path == "/v1beta/models" and self.format == "gemini":
+            await self._send_json(send, 200, gemini.model_list())
+            return
         if route is None or method != "POST":
             await self._error(send, 404, f"no such endpoint: {method} /v1{path}")
             return
@@ -132,16 +183,42 @@ class FakeUpstream:
             return faults.fail_status
         return None
 
-    async def _openai_chat(self, send, receive, request: dict) -> None:
+    async def _openai_chat(self, send, receive, request: dict, default_model: str | None = None) -> None:
+        if default_model is not None:   # azure: the deployment names the model
+            request.setdefault("model", default_model)
         problem = answers.chat_problem(request)
         if problem:
             await self._error(send, 400, problem)
         elif request.get("stream"):
             await self._stream(send, receive, answers.openai_stream_frames(request))
         else:
-            await self._send_json(send, 200, echo.completion(request, request["model"]))
+            await self._send_json(send, 200, answers.openai_completion(request))
 
-    async def _embeddings(self, send, receive, request: dict) -> None:
+    async def _gemini_chat(self, send, receive, request: dict, model: str, stream: bool) -> None:
+        problem = gemini.request_problem(request)
+        if problem:
+            await self._error(send, 400, problem)
+        elif stream:
+            await self._stream(send, receive, gemini.stream_frames(request, model))
+        else:
+            await self._send_json(send, 200, gemini.generate(request, model))
+
+    async def _gemini_embed(self, send, receive, request: dict) -> None:
+        status, payload = gemini.embed(request)
+        await self._send_json(send, status, payload)
+
+    async def _bedrock_chat(self, send, receive, request: dict, model: str, stream: bool) -> None:
+        problem = bedrock.request_problem(request)
+        if problem:
+            await self._error(send, 400, problem)
+        elif stream:
+            await self._stream(send, receive, bedrock.stream_frames(request), _EVENTSTREAM)
+        else:
+            await self._send_json(send, 200, bedrock.converse(request))
+
+    async def _embeddings(self, send, receive, request: dict, default_model: str | None = None) -> None:
+        if default_model is not None:
+            request.setdefault("model", default_model)
         problem = answers.embeddings_problem(request)
         if problem:
             await self._error(send, 400, problem)
@@ -157,10 +234,10 @@ class FakeUpstream:
         else:
             await self._send_json(send, 200, answers.anthropic_message(request))
 
-    async def _stream(self, send, receive, events: list[bytes]) -> None:
+    async def _stream(self, send, receive, events: list[bytes], headers=_SSE) -> None:
         faults = self.faults
         self.by_status[200] += 1
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         for i, event in enumerate(events):
             if faults.drop_after is not None and i >= faults.drop_after:
                 return   # uvicorn closes the socket mid-body: the client sees a dropped connection
@@ -176,6 +253,8 @@ class FakeUpstream:
         headers = None
         if self.faults.retry_after is not None:
             headers = _JSON + [(b"retry-after", f"{self.faults.retry_after:g}".encode())]
+        if self.format == "bedrock":
+            headers = (headers or _JSON) + [(b"x-amzn-errortype", bedrock.error_type(status).encode())]
         await self._send_json(send, status, payload, headers)
 
     async def _send_json(self, send, status: int, payload, headers=None, count: bool = True) -> None:

@@ -9,7 +9,8 @@ import sys
 
 from .faults import Faults, parse_count, parse_duration, parse_rate, parse_status
 
-DESCRIPTION = "A fake OpenAI- or Anthropic-compatible provider with fault injection."
+DESCRIPTION = ("A fake provider speaking the OpenAI, Anthropic, Azure OpenAI, Gemini or Bedrock API, "
+               "with fault injection.")
 _DROPPED = "ASGI callable returned without completing response."
 
 
@@ -27,8 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of `edgerules upstream`; `edgerules`'s own parser builds its sub-command from this."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
-    parser.add_argument("--format", choices=("openai", "anthropic"), default="openai",
-                        help="the API it speaks (default openai)")
+    parser.add_argument("--format", choices=("openai", "anthropic", "azure", "gemini", "bedrock"),
+                        default="openai", help="the API it speaks (default openai)")
+    parser.add_argument("--access-key", default=None,
+                        help="bedrock: the AWS access key whose SigV4 signatures are accepted (a test key)")
+    parser.add_argument("--secret-key", default=None, help="bedrock: its secret key (a test key)")
+    parser.add_argument("--region", default=None, help="bedrock: the region signatures are scoped to (us-east-1)")
     parser.add_argument("--latency", type=_arg(parse_duration), default=0.0,
                         help="added before every answer, e.g. 50ms")
     parser.add_argument("--fail-rate", type=_arg(parse_rate), default=0.0,
@@ -101,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
     faults = Faults(latency=args.latency, fail_rate=args.fail_rate, fail_status=args.fail_status,
                     status=args.status, retry_after=args.retry_after, drop_after=args.drop_after,
                     error_after=args.error_after, chunk_delay=args.chunk_delay)
-    app = FakeUpstream(args.format, faults, args.seed)
+    from . import bedrock
+    credentials = (args.access_key or bedrock.TEST_ACCESS_KEY, args.secret_key or bedrock.TEST_SECRET_KEY,
+                   args.region or bedrock.TEST_REGION)
+    app = FakeUpstream(args.format, faults, args.seed, credentials)
     config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="off", access_log=False,
                             log_level="warning", server_header=False, timeout_graceful_shutdown=1)
     logging.getLogger("uvicorn.error").addFilter(_DropFilter())
