@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="parse and check a policy; exit 1 on errors")
     p.add_argument("path", help="a directory of .rules files, or one file")
+    p.add_argument("--format", choices=("text", "json", "github"), default="text",
+                   help="text (default), JSON, or GitHub Actions annotations")
+    p.add_argument("--strict", action="store_true", help="warnings are errors (notes stay notes)")
     p.set_defaults(run=cmd_check)
 
     p = sub.add_parser("eval", help="print the decision for one request as JSON")
@@ -40,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("compiled", "interpreted"), default="compiled",
                    help="decide with the compiled code (default) or the reference interpreter")
     p.add_argument("--show-code", action="store_true", help="print the generated Python instead")
+    p.add_argument("--time", metavar="ISO", help="decide as at this instant (sets hour and weekday), "
+                   "such as 2026-11-30T09:00:00Z (default: now)")
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("serve", help="run the gateway",
@@ -81,6 +86,9 @@ def _load(path: str):
 def cmd_check(args) -> int:
     policy = _load(args.path)
     if policy is None:
+    if args.format != "text" or args.strict:
+        from .authoring.report import check_report
+        return check_report(args.path, args.format, args.strict)
         return 1
     if policy.warnings or policy.notes:
         print(render_all(policy.warnings + policy.notes, policy.sources), file=sys.stderr)
@@ -111,7 +119,14 @@ def cmd_eval(args) -> int:
         return 2
     try:
         decision = policy.decide(body, headers, args.key, path=args.http_path, ip=args.ip,
-                                 engine=args.engine)
+    try:
+        from .authoring.testfile import iso_time
+        now = iso_time(args.time) if args.time else None
+    except ValueError:
+        print(f"edgerules eval: --time takes an ISO 8601 time such as 2026-11-30T09:00:00Z, not {args.time!r}",
+              file=sys.stderr)
+        return 2
+                                 engine=args.engine, now=now)
     except ValueError as exc:
         print(f"edgerules eval: bad request: {exc}", file=sys.stderr)
         return 2

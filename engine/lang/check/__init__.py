@@ -16,6 +16,7 @@ from ..spec import ProviderSpec
 from .checked import CheckedAction, CheckedPolicy, CheckedRule
 from .declarations import DEFAULT_URLS, FORMATS, DeclarationChecks
 from .expressions import ExpressionChecks
+from .lint import lint
 from .rules import RuleChecks
 
 __all__ = ["check_program", "CheckedAction", "CheckedPolicy", "CheckedRule", "FORMATS", "DEFAULT_URLS"]
@@ -51,6 +52,7 @@ class _Checker(DeclarationChecks, RuleChecks, ExpressionChecks):
         rules = self._rules(program.rules)
         self._warn_missing_prices(rules)
         if not (rules or self.providers or keys):
+        lint(self, program, rules)
             # Often a file caught half-written (an editor's truncate-then-write), rarely meant.
             self.warn("empty-policy", "the policy is empty: no rule, provider or key; every request "
                       "is answered 404", None,
