@@ -84,11 +84,11 @@ def _load(path: str):
 
 
 def cmd_check(args) -> int:
-    policy = _load(args.path)
-    if policy is None:
     if args.format != "text" or args.strict:
         from .authoring.report import check_report
         return check_report(args.path, args.format, args.strict)
+    policy = _load(args.path)
+    if policy is None:
         return 1
     if policy.warnings or policy.notes:
         print(render_all(policy.warnings + policy.notes, policy.sources), file=sys.stderr)
@@ -118,14 +118,14 @@ def cmd_eval(args) -> int:
         print(f"edgerules eval: the policy declares no key named {args.key!r}", file=sys.stderr)
         return 2
     try:
-        decision = policy.decide(body, headers, args.key, path=args.http_path, ip=args.ip,
-    try:
         from .authoring.testfile import iso_time
         now = iso_time(args.time) if args.time else None
     except ValueError:
         print(f"edgerules eval: --time takes an ISO 8601 time such as 2026-11-30T09:00:00Z, not {args.time!r}",
               file=sys.stderr)
         return 2
+    try:
+        decision = policy.decide(body, headers, args.key, path=args.http_path, ip=args.ip,
                                  engine=args.engine, now=now)
     except ValueError as exc:
         print(f"edgerules eval: bad request: {exc}", file=sys.stderr)
