@@ -51,8 +51,8 @@ class _Checker(DeclarationChecks, RuleChecks, ExpressionChecks):
         keys = self._keys(program.keys)
         rules = self._rules(program.rules)
         self._warn_missing_prices(rules)
-        if not (rules or self.providers or keys):
         lint(self, program, rules)
+        if not (rules or self.providers or keys):
             # Often a file caught half-written (an editor's truncate-then-write), rarely meant.
             self.warn("empty-policy", "the policy is empty: no rule, provider or key; every request "
                       "is answered 404", None,
