@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .authoring.commands import add_commands
     add_commands(sub)
+    from .observe.commands import add_commands as add_observe_commands
+    add_observe_commands(sub)
     return parser
 
 

@@ -32,6 +32,7 @@ _NANO_PER_PRICE = NANO_USD / 1_000_000   # a price is USD per 1M tokens
 # Every amount sent to the storage stays far inside a signed 64-bit Redis counter, whatever numbers
 # a client or an upstream writes (requests.py refuses absurd max_tokens before this point).
 MAX_UNITS = 2**53
+MAX_SEEN = 4096             # counters listed by GET /admin/limits
 _MAX_BY = 256                # `by` values longer than this are keyed by their digest
 _SAME_WINDOW = 1.5           # seconds of slack when matching a window's reset time (Redis TTLs are whole seconds)
 
@@ -96,6 +97,8 @@ class Limiter:
             completion_reserve = int(os.environ.get(ENV_RESERVE, DEFAULT_RESERVE))
         self.completion_reserve = completion_reserve
         self._windows: dict[LimitSpec, Window] = {}
+        # The counters this process touched, most recent last, for GET /admin/limits (bounded).
+        self.seen: dict[tuple, tuple] = {}
 
     async def close(self) -> None:
         self._windows.clear()
@@ -109,8 +112,13 @@ class Limiter:
         holds: list[Hold] = []
         rerouted = False
         try:
+            seen = self.seen
             for spec, values in call.decision.limits:
                 window, ident = self._window(spec), _ident(spec, values)
+                seen.pop((spec, ident), None)
+                seen[(spec, ident)] = (values, time.time())
+                if len(seen) > MAX_SEEN:
+                    del seen[next(iter(seen))]
                 if spec.kind == "requests":
                     admitted = await self.moving.hit(window, *ident)
                 else:
@@ -242,8 +250,6 @@ class Limiter:
         that refused the request speaks for its kind."""
         tightest: dict[str, tuple] = {}
         for spec, values in call.decision.limits:
-            if spec.kind == "cost":
-                continue
             if refused is not None and spec is refused[0]:
                 (reset, remaining), rank = refused[1], (-1, 0)
             else:
@@ -255,9 +261,31 @@ class Limiter:
         now = time.time()
         out = {}
         for kind, (_, amount, remaining, reset) in tightest.items():
-            out[f"x-ratelimit-limit-{kind}"] = str(int(amount))
-            out[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(remaining)))
+            if kind == "cost":   # in USD, as the limit is written
+                out["x-ratelimit-limit-cost"] = f"{amount:g}"
+                out["x-ratelimit-remaining-cost"] = usd(max(0, remaining) / NANO_USD)
+            else:
+                out[f"x-ratelimit-limit-{kind}"] = str(int(amount))
+                out[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(remaining)))
             out[f"x-ratelimit-reset-{kind}"] = format_reset(max(0.0, reset - now))
+        return out
+
+    async def counters(self) -> list[dict]:
+        """Every counter this process used whose window is still open, with the room left in it."""
+        now = time.time()
+        out = []
+        for (spec, ident), (values, last) in list(self.seen.items()):
+            if now - last > spec.window:
+                self.seen.pop((spec, ident), None)   # its window ended: the counter is gone
+                continue
+            reset, remaining = await self._stats(spec, self._window(spec), ident)
+            scale = NANO_USD if spec.kind == "cost" else 1
+            limit = spec.amount if spec.kind == "cost" else int(spec.amount)
+            left = max(0, remaining) / scale if spec.kind == "cost" else max(0, int(remaining))
+            out.append({"rule": spec.rule, "kind": spec.kind, "window_seconds": spec.window,
+                        "by": [str(v) for v in values], "limit": limit, "remaining": left,
+                        "used": (limit - left) if spec.kind == "cost" else limit - left,
+                        "reset_in_seconds": round(max(0.0, reset - now), 3)})
         return out
 
     async def _stats(self, spec: LimitSpec, window: Window, ident: tuple) -> tuple[float, float]:
@@ -310,6 +338,11 @@ def _window_text(seconds: int) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def usd(amount: float) -> str:
+    """Dollars as headers carry them: up to 9 decimals, no trailing zeros."""
+    return f"{amount:.9f}".rstrip("0").rstrip(".") or "0"
 
 
 def format_reset(seconds: float) -> str:

@@ -63,6 +63,12 @@ class Call:
     # answer then cancels the upstream call.
     receive: object = None
     ttft: float | None = None      # seconds from the start to a stream's first upstream event
+    spans: list | None = None      # with --otel-endpoint: (provider, model, start, end, error) per attempt
+    request_id: str = ""           # x-request-id: the client's when sane, else made here
+    path: str = ""
+    error_code: str | None = None
+    cost: float | None = None      # USD, once known (a JSON answer from a priced model; 0 for a cache hit)
+    captured: object = None        # under `log full`: the answer's bytes, or the stream's assembler
 
     @property
     def usage(self) -> dict | None:
@@ -84,7 +90,10 @@ class Call:
             (b"x-edgerules-cache", self.cache.encode()),
             (b"x-edgerules-policy", self.live.policy.version.encode()),
             (b"x-edgerules-rules", ",".join(d.matched).encode()),
+            (b"x-request-id", self.request_id.encode()),
         ]
+        if self.cost is not None:
+            out.append((b"x-edgerules-cost", f"{self.cost:.10f}".rstrip("0").rstrip(".").encode()))
         for name, value in self.extra_headers.items():
             out.append((name.lower().encode("latin-1"), _header_safe(str(value)).encode("latin-1")))
         return out
@@ -194,6 +203,8 @@ async def _forward(gw: "Gateway", call: Call) -> Response:
                 response = await _attempt(gw, call, provider, model, timeout)
             except ProviderError as exc:
                 last = exc
+                if gw.tracer is not None:
+                    _note_attempt(call, provider_name, model, t0, exc.kind if exc.kind != "status" else str(exc.status))
                 if exc.kind == "timeout" and timeout < (d.timeout or spec.timeout):
                     deadline_hit = True
                 gw.metrics.upstream(provider_name, exc.kind if exc.kind != "status" else str(exc.status))
@@ -207,11 +218,19 @@ async def _forward(gw: "Gateway", call: Call) -> Response:
                     break
                 continue
             gw.health.of(provider_name).record_success(model, time.monotonic() - t0)
+            if gw.tracer is not None:
+                _note_attempt(call, provider_name, model, t0, "")
             gw.metrics.upstream(provider_name, "ok")
             return response
         if deadline_hit:
             break
     raise _final_error(call, last, deadline_hit)
+
+
+def _note_attempt(call: Call, provider: str, model: str, started: float, error: str) -> None:
+    if call.spans is None:
+        call.spans = []
+    call.spans.append((provider, model, started, time.monotonic(), error))
 
 
 async def _attempt(gw: "Gateway", call: Call, provider, model: str, timeout: float) -> Response:
@@ -275,8 +294,11 @@ async def _relay(gw: "Gateway", call: Call, first: bytes, events: AsyncIterator[
         pass
     except ProviderError as exc:
         call.status = 502 if exc.kind != "timeout" else 504
-        call.error = _public(call, exc.message)
-        yield b"data: " + error_body(call.status, call.error, code="upstream_stream_error") + b"\n\n"
+        call.error, call.error_code = _public(call, exc.message), "upstream_stream_error"
+        # A named `error` event: the anthropic SDK ignores unnamed events, the openai SDK raises on either.
+        named = call.ingress is not None and call.ingress.ingress.named_events
+        yield ((b"event: error\n" if named else b"") + b"data: "
+               + error_body(call.status, call.error, code="upstream_stream_error") + b"\n\n")
     finally:
         await stream.aclose()
         await gw.finish(call)

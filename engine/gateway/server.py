@@ -1,6 +1,7 @@
 """The Starlette app: endpoints, lifespan, admin guard, and `edgerules serve`."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import hmac
@@ -23,6 +24,9 @@ from starlette.routing import Route
 from ..lang.errors import PolicyError
 from ..lang.policy import load_policy
 from .errors import GatewayError, error_response
+from ..observe import admin as observe_admin
+from ..observe.requestlog import capture_stream, cost_of, failure_row, open_request_log, request_id
+from ..observe.store import resolve_uri
 from .pipeline import Call, forward
 from .reload import Reloader
 from .settings import BY_NAME
@@ -74,6 +78,7 @@ async def _handle(request: Request, kind: str, ingress: Ingress | None = None) -
     call: Call | None = None
     scope = request.scope
     headers = header_dict(scope)
+    rid = request_id(headers.get("x-request-id"))
     try:
         key = live.keyring.authenticate(headers.get("authorization") if ingress is None
                                         else ingress.credential(headers))
@@ -92,6 +97,9 @@ async def _handle(request: Request, kind: str, ingress: Ingress | None = None) -
                     decision.route, started, started + decision.deadline)
         call.receive = request.receive   # the body is read: the channel now only tells of a disconnect
         call.ingress = exchange
+        call.request_id, call.path = rid, scope["path"]
+        if gw.request_log is not None and call.stream and decision.log != "none":
+            capture_stream(call)
         if decision.deny is not None:
             status, message = decision.deny
             raise GatewayError(status, message, code="denied_by_policy")
@@ -106,10 +114,15 @@ async def _handle(request: Request, kind: str, ingress: Ingress | None = None) -
         else:
             response = await forward(gw, call)
     except GatewayError as err:
-        return await _fail(gw, live, call, err)
+        return await _fail(gw, live, call, err, rid, scope["path"])
     except Exception:
         log.exception("unexpected error while handling a request")
-        return await _fail(gw, live, call, GatewayError(500, "internal gateway error", code="internal_error"))
+        return await _fail(gw, live, call, GatewayError(500, "internal gateway error", code="internal_error"),
+                           rid, scope["path"])
+    if not call.stream:
+        call.cost = cost_of(call, 200)
+        if call.decision.log == "full":
+            call.captured = response.body
     # Appended as raw bytes: MutableHeaders.update would rescan the list for every name.
     response.raw_headers.extend(call.raw_headers())
     if not getattr(response, "body_iterator", None):
@@ -122,14 +135,17 @@ def header_dict(scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
 
 
-async def _fail(gw: Gateway, live, call: Call | None, err: GatewayError) -> Response:
+async def _fail(gw: Gateway, live, call: Call | None, err: GatewayError, rid: str, path: str) -> Response:
     if call is None:
         gw.end(live)
         gw.metrics.request("", err.status, "BYPASS", 0.0)
+        if gw.request_log is not None:
+            gw.request_log.add(failure_row(rid, path, err.status, err.code, err.message, live.policy.version,
+                                           time.time()))
         return error_response(err, {"x-edgerules-policy": live.policy.version,
                                     "x-edgerules-cache": "BYPASS", "x-edgerules-attempts": "0",
-                                    "x-edgerules-route": "", "x-edgerules-rules": ""})
-    call.status, call.error = err.status, err.message
+                                    "x-edgerules-route": "", "x-edgerules-rules": "", "x-request-id": rid})
+    call.status, call.error, call.error_code = err.status, err.message, err.code
     await gw.finish(call)
     return error_response(err, call.headers())
 
@@ -174,8 +190,10 @@ async def metrics(request: Request) -> Response:
     if os.environ.get(ADMIN_TOKEN) and (err := _admin_allowed(request)) is not None:
         return error_response(err)
     gw: Gateway = request.app.state.gw
-    return Response(gw.metrics.render(gw.health.snapshot(), gw.live.policy.version),
-                    media_type="text/plain; version=0.0.4")
+    text = gw.metrics.render(gw.health.snapshot(), gw.live.policy.version)
+    if gw.request_log is not None:
+        text += gw.request_log.metrics_text()
+    return Response(text, media_type="text/plain; version=0.0.4")
 
 
 def _admin_allowed(request: Request) -> GatewayError | None:
@@ -218,7 +236,17 @@ async def admin_policy(request: Request) -> Response:
         "notes": [d.to_dict() for d in policy.notes],
         "last_error": gw.last_error,
         "health": gw.health.snapshot(),
+        "request_log": gw.request_log.status() if gw.request_log is not None else None,
     })
+
+
+def _admin(handler):
+    """An admin endpoint of another layer, behind the same guard."""
+    async def guarded(request: Request) -> Response:
+        if (err := _admin_allowed(request)) is not None:
+            return error_response(err)
+        return await handler(request)
+    return guarded
 
 
 async def admin_reload(request: Request) -> Response:
@@ -276,6 +304,11 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         policy = load_policy(rules)
         gw.install(policy)
         _attach_state_backends(gw, state_uri)
+        if env["otel_endpoint"]:
+            from ..observe.traces import Tracer   # the otel extra: imported only when asked for
+            gw.tracer = Tracer(env["otel_endpoint"])
+        gw.request_log = await open_request_log(resolve_uri(env["log_store"], rules), queue=env["log_queue"],
+                                                retention=env["log_retention"], max_rows=env["log_max_rows"])
         reloader = Reloader(gw, rules)
         fanout = workers.WorkerFanout(fanout_dir, reloader) if fanout_dir else None
         app.state.gw, app.state.reloader, app.state.fanout = gw, reloader, fanout
@@ -293,6 +326,10 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
             yield
         finally:
             await reloader.stop()
+            if gw.tracer is not None:
+                await asyncio.to_thread(gw.tracer.shutdown)   # sends the spans still queued
+            if gw.request_log is not None:
+                await gw.request_log.close()   # writes what is queued
             await gw.close()
 
     routes = [
@@ -307,6 +344,10 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         Route("/metrics", metrics, methods=["GET"]),
         Route("/admin/policy", admin_policy, methods=["GET"]),
         Route("/admin/reload", admin_reload, methods=["POST"]),
+        Route("/admin/usage", _admin(observe_admin.usage), methods=["GET"]),
+        Route("/admin/requests", _admin(observe_admin.requests_page), methods=["GET"]),
+        Route("/admin/requests/{id}", _admin(observe_admin.one_request), methods=["GET"]),
+        Route("/admin/limits", _admin(observe_admin.limits), methods=["GET"]),
     ]
     middleware = [Middleware(workers.WorkerHeader)] if fanout_dir else None
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,

@@ -70,6 +70,16 @@ def _size(text: str) -> int:
     return value
 
 
+def _log_store(text: str) -> str:
+    from ..observe.store import check_uri
+    return check_uri(text)
+
+
+def _age(text: str) -> float:
+    from ..observe.query import parse_age
+    return parse_age(text)
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     name: str                       # the attribute of the resolved settings
@@ -125,6 +135,18 @@ SETTINGS = (
             "largest upstream answer, JSON or stream (502 above it)", "SIZE"),
     Setting("max_upstream_event", "--max-upstream-event", "EDGERULES_MAX_UPSTREAM_EVENT", "1MiB", _size,
             "longest event of an upstream stream (an in-band error past it)", "SIZE"),
+    Setting("otel_endpoint", "--otel-endpoint", "EDGERULES_OTEL_ENDPOINT", "", str,
+            "send OpenTelemetry traces over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318); "
+            "off when empty", "URL"),
+    Setting("log_store", "--log-store", "EDGERULES_LOG_STORE", "auto", _log_store,
+            "the request log: auto (edgerules-requests.db in the policy directory), sqlite:///PATH, "
+            "postgresql://..., or none", "URI"),
+    Setting("log_retention", "--log-retention", "EDGERULES_LOG_RETENTION", "30d", _age,
+            "request log rows older than this are deleted (e.g. 30d, 12h)", "AGE"),
+    Setting("log_max_rows", "--log-max-rows", "EDGERULES_LOG_MAX_ROWS", "1000000", _positive,
+            "the request log keeps at most this many rows (the oldest go first)", "N"),
+    Setting("log_queue", "--log-queue", "EDGERULES_LOG_QUEUE", "10000", _positive,
+            "request log rows waiting to be written; past it rows are dropped and counted", "N"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from ..lang.policy import Policy
+from ..observe.requestlog import build_row
 from .auth import KeyRing
 from .metrics import Metrics
 from .providers import Provider, build_provider
@@ -43,6 +44,8 @@ class Gateway:
         self.limiter = None   # edgerules.gateway.limiter.Limiter, set by the app
         self.cache = None     # edgerules.gateway.cache.ResponseCache, set by the app
         self.last_error: dict | None = None
+        self.tracer = None    # edgerules.observe.traces.Tracer, with --otel-endpoint
+        self.request_log = None   # edgerules.observe.requestlog.RequestLog, when a log store is set
 
     # ---- policy swaps -------------------------------------------------------------------
 
@@ -114,7 +117,11 @@ class Gateway:
         d = call.decision
         self.metrics.request(call.route, status, call.cache, seconds, d.tags if d else ())
         self.metrics.operation(call, status, seconds, call.usage if call.route else None, _price(call))
+        if self.tracer is not None:
+            self.tracer.record(call, status, seconds)
         level = d.log if d else "meta"
+        if self.request_log is not None and level != "none":
+            self.request_log.add(build_row(call, status, seconds, time.time()))
         if level == "none" or not access_log.isEnabledFor(logging.INFO):
             return
         entry = {

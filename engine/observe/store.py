@@ -1,0 +1,210 @@
+"""The request log's storage, chosen by a URI: an SQLite file (the default) or PostgreSQL.
+
+Both speak the same SQL (written with `?` placeholders; PostgreSQL's driver gets `%s`), so the
+queries live once, in query.py. SQLite runs in one dedicated thread; PostgreSQL through psycopg 3's
+async connection (the optional extra `postgres`).
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+TABLE = "edgerules_requests"
+# Every column a row carries, in the order build_row() makes them (seq is the store's own).
+COLUMNS = ("id", "ts", "kind", "key", "path", "model", "route", "provider", "status", "error_code", "error",
+           "attempts", "cache", "rules", "tags", "policy", "latency_ms", "ttft_ms", "input_tokens",
+           "output_tokens", "cached_tokens", "cost_usd", "request_body", "answer_body")
+_TYPES = {"ts": "DOUBLE PRECISION NOT NULL", "status": "INTEGER", "attempts": "INTEGER",
+          "latency_ms": "DOUBLE PRECISION", "ttft_ms": "DOUBLE PRECISION", "input_tokens": "BIGINT",
+          "output_tokens": "BIGINT", "cached_tokens": "BIGINT", "cost_usd": "DOUBLE PRECISION"}
+_INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_INDEXES = (f"CREATE INDEX IF NOT EXISTS {TABLE}_ts ON {TABLE} (ts)",
+            f"CREATE INDEX IF NOT EXISTS {TABLE}_id ON {TABLE} (id)",
+            f"CREATE INDEX IF NOT EXISTS {TABLE}_key ON {TABLE} (key, ts)")
+DEFAULT_FILE = "edgerules-requests.db"
+
+
+class StoreError(Exception):
+    """The store could not be opened or written; the message names the store, never a password."""
+
+
+def _table(seq: str) -> str:
+    columns = ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in COLUMNS)
+    return f"CREATE TABLE IF NOT EXISTS {TABLE} (seq {seq}, {columns})"
+
+
+def describe(uri: str) -> str:
+    """The URI without its password, for messages."""
+    scheme, sep, rest = uri.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if at and ":" in creds:
+        return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+    return uri
+
+
+def resolve_uri(uri: str, policy_path: str | None) -> str:
+    """`auto` (the default) is an SQLite file named edgerules-requests.db in the policy's directory."""
+    if uri.strip().lower() != "auto":
+        return uri.strip()
+    base = Path(policy_path or ".")
+    folder = base if base.is_dir() else base.parent
+    return "sqlite://" + str((folder / DEFAULT_FILE).resolve())
+
+
+def check_uri(text: str) -> str:
+    """A settings parser: the forms open_store() accepts."""
+    uri = text.strip()
+    scheme = uri.partition("://")[0].lower()
+    if uri.lower() in ("auto", "none") or (scheme in ("sqlite", "postgresql", "postgres") and "://" in uri):
+        return uri
+    raise ValueError(f"not a log store: {text!r} (use auto, none, sqlite:///PATH or postgresql://...)")
+
+
+async def open_store(uri: str):
+    """The store behind a URI, its table created; None for `none`."""
+    scheme = uri.partition("://")[0].lower()
+    if uri.lower() == "none":
+        return None
+    if scheme == "sqlite":
+        store = SqliteStore(uri.partition("://")[2])
+    elif scheme in ("postgresql", "postgres"):
+        store = PostgresStore(uri)
+    else:
+        raise StoreError(f"unknown log store scheme in '{describe(uri)}'")
+    await store.open()
+    return store
+
+
+class SqliteStore:
+    """One connection, used from one thread: sqlite3 objects must not cross threads."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str):
+        if not path:
+            raise StoreError("an sqlite:// log store needs a path, e.g. sqlite:///var/lib/edgerules/requests.db")
+        self.path = path
+        self.name = f"sqlite://{path}"
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgerules-log")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def open(self) -> None:
+        try:
+            await self._run(self._open)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the log store {self.name}: {exc}") from None
+
+    def _open(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")     # readers (the CLI, the admin API) never block the writer
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(_table("INTEGER PRIMARY KEY AUTOINCREMENT"))
+        for sql in _INDEXES:
+            db.execute(sql)
+        self._db = db
+
+    async def write(self, rows: list[tuple]) -> None:
+        await self._run(self._write, rows)
+
+    def _write(self, rows: list[tuple]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(_INSERT, rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    async def execute(self, sql: str, params=()) -> int:
+        return await self._run(lambda: self._db.execute(sql, params).rowcount)
+
+    async def fetch(self, sql: str, params=()) -> list[dict]:
+        return await self._run(lambda: [dict(r) for r in self._db.execute(sql, params).fetchall()])
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._thread.shutdown(wait=False)
+
+
+class PostgresStore:
+    """psycopg 3, one async connection (reopened after a failure); several gateways may share the table."""
+
+    dialect = "postgresql"
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.name = describe(uri)
+        self._conn = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise StoreError("a postgresql:// log store needs psycopg: pip install 'edgerules[postgres]'") from None
+        conn = await self._connect()
+        async with conn.transaction():
+            await conn.execute(_table("BIGSERIAL PRIMARY KEY"))
+            for sql in _INDEXES:
+                await conn.execute(sql)
+
+    async def _connect(self):
+        import psycopg
+        from psycopg.rows import dict_row
+
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(self.uri, autocommit=True, row_factory=dict_row)
+            except psycopg.Error as exc:
+                raise StoreError(f"cannot connect to the log store {self.name}: "
+                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
+        return self._conn
+
+    async def _guarded(self, work):
+        import psycopg
+
+        async with self._lock:
+            conn = await self._connect()
+            try:
+                return await work(conn)
+            except psycopg.OperationalError:
+                await conn.close()   # the next call reconnects
+                raise
+
+    async def write(self, rows: list[tuple]) -> None:
+        async def work(conn):
+            async with conn.transaction():
+                async with conn.cursor() as cur:
+                    await cur.executemany(_pg(_INSERT), rows)
+        await self._guarded(work)
+
+    async def execute(self, sql: str, params=()) -> int:
+        async def work(conn):
+            cur = await conn.execute(_pg(sql), params)
+            return cur.rowcount
+        return await self._guarded(work)
+
+    async def fetch(self, sql: str, params=()) -> list[dict]:
+        async def work(conn):
+            cur = await conn.execute(_pg(sql), params)
+            return await cur.fetchall()
+        return await self._guarded(work)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
+def _pg(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
