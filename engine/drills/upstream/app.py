@@ -48,6 +48,7 @@ class FakeUpstream:
         self.by_status: Counter = Counter()
         self.last_headers: list = []
         self.last_body = b""
+        self.last_path = ""
 
     def stats(self) -> dict:
         try:
@@ -58,7 +59,7 @@ class FakeUpstream:
                 "models": self.models, "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
                 "last_headers": {k.decode("latin-1").lower(): v.decode("latin-1")
                                  for k, v in self.last_headers},
-                "last_body": body, "faults": asdict(self.faults)}
+                "last_body": body, "last_path": self.last_path, "faults": asdict(self.faults)}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -77,6 +78,8 @@ class FakeUpstream:
         self.requests += 1
         self.last_headers = scope["headers"]
         self.last_body = body
+        query = scope.get("query_string", b"").decode("latin-1")
+        self.last_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1") + (f"?{query}" if query else "")
         if self.format in ("azure", "gemini", "bedrock"):
             refusal = self._refusal(scope, body)
             if refusal is not None:
