@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from ..lang.errors import PolicyError
 from ..lang.policy import load_policy
+from ..observe import dashboard
 from .errors import GatewayError, error_response
 from ..observe import admin as observe_admin
 from ..observe.requestlog import capture_stream, cost_of, failure_row, open_request_log, request_id
@@ -249,6 +250,14 @@ def _admin(handler):
     return guarded
 
 
+def _dashboard_guard(request: Request) -> Response | None:
+    """The page holds no data: once a token is set it loads anywhere and asks for the token."""
+    if os.environ.get(ADMIN_TOKEN):
+        return None
+    err = _admin_allowed(request)
+    return error_response(err) if err is not None else None
+
+
 async def admin_reload(request: Request) -> Response:
     if (err := _admin_allowed(request)) is not None:
         return error_response(err)
@@ -344,6 +353,7 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         Route("/metrics", metrics, methods=["GET"]),
         Route("/admin/policy", admin_policy, methods=["GET"]),
         Route("/admin/reload", admin_reload, methods=["POST"]),
+        *dashboard.routes(_dashboard_guard),
         Route("/admin/usage", _admin(observe_admin.usage), methods=["GET"]),
         Route("/admin/requests", _admin(observe_admin.requests_page), methods=["GET"]),
         Route("/admin/requests/{id}", _admin(observe_admin.one_request), methods=["GET"]),
