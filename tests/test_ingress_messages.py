@@ -104,12 +104,12 @@ def test_tool_result_round_trip_to_openai(setup):
                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny, 21C"},
                    {"type": "text", "text": "so, in one word?"}]}]
     message = client(setup).messages.create(model="via-openai", max_tokens=100, tools=[TOOL],
-                                            tool_choice={"type": "auto"}, messages=history)
+                                            tool_choice={"type": "none"}, messages=history)
     assert message.content[0].type == "text" and message.stop_reason == "end_turn"
     sent = setup["oa"].stats()["last_body"]
     assert sent["tools"] == [{"type": "function", "function": {
         "name": "get_weather", "parameters": TOOL["input_schema"], "description": TOOL["description"]}}]
-    assert sent["tool_choice"] == "auto"
+    assert sent["tool_choice"] == "none"
     assistant, tool, user = sent["messages"][1:]
     assert assistant["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city":"Paris"}'}
     assert assistant["tool_calls"][0]["id"] == "toolu_1" and assistant["content"] == "let me look"
@@ -129,18 +129,32 @@ def test_tool_use_round_trip_to_anthropic(setup):
 
 def test_tool_use_answer_from_an_openai_upstream(setup):
     """An openai-format upstream answering with a tool call gives the client a tool_use block,
-    whole and streamed (input_json_delta)."""
+    whole and streamed (input_json_delta); its result sent back gets a text answer."""
     question = [{"role": "user", "content": "weather in Paris?"}]
     message = client(setup).messages.create(model="via-openai", max_tokens=100, tools=[TOOL], messages=question)
-    if not any(block.type == "tool_use" for block in message.content):
-        pytest.skip("this fake upstream's chat does not answer with tool calls")
     use = next(block for block in message.content if block.type == "tool_use")
-    assert use.name == "get_weather" and isinstance(use.input, dict) and message.stop_reason == "tool_use"
+    assert use.name == "get_weather" and use.input == {"city": "example"} and message.stop_reason == "tool_use"
     with client(setup).messages.stream(model="via-openai", max_tokens=100, tools=[TOOL], messages=question) as s:
         deltas = [e.delta.type for e in s if e.type == "content_block_delta"]
         final = s.get_final_message()
-    assert "input_json_delta" in deltas
+    assert "input_json_delta" in deltas and final.stop_reason == "tool_use"
     assert [b.input for b in final.content if b.type == "tool_use"] == [use.input]
+    # The loop closes: the tool's result goes back and the answer is text.
+    history = question + [{"role": "assistant", "content": [b.model_dump() for b in message.content]},
+                          {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                                        "content": "sunny, 21C"}]}]
+    answer = client(setup).messages.create(model="via-openai", max_tokens=100, tools=[TOOL], messages=history)
+    assert answer.stop_reason == "end_turn" and "sunny, 21C" in answer.content[0].text
+
+
+@pytest.mark.parametrize("model", ["via-openai", "via-anthropic"])
+def test_parallel_tool_calls_stream_as_separate_blocks(setup, model):
+    second = {**TOOL, "name": "get_time"}
+    with client(setup).messages.stream(model=model, max_tokens=100, tools=[TOOL, second], messages=[
+            {"role": "user", "content": "weather and time, in parallel"}]) as s:
+        final = s.get_final_message()
+    assert [b.name for b in final.content if b.type == "tool_use"] == ["get_weather", "get_time"]
+    assert all(isinstance(b.input, dict) for b in final.content if b.type == "tool_use")
 
 
 def test_fields_chat_cannot_carry_are_a_400_naming_them(setup):
@@ -178,3 +192,18 @@ def test_invalid_bodies_name_the_field(setup):
     resp = gw.post("/v1/messages", json={"model": "via-openai", "max_tokens": 5,
                                          "messages": [{"role": "system", "content": "x"}]}, headers=headers)
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "messages[0]"
+
+
+@pytest.mark.parametrize("model,name", [("via-openai", "oa"), ("via-anthropic", "an")])
+def test_an_upstream_failing_mid_stream_is_an_error_event(setup, model, name):
+    """Translated or passed through, a stream cut by the upstream ends with a named `error`
+    event, which the SDK raises: never a silently shorter answer."""
+    setup[name].control(error_after=3)
+    try:
+        with pytest.raises(anthropic.APIStatusError):
+            with client(setup).messages.stream(model=model, max_tokens=200, messages=[
+                    {"role": "user", "content": "a long enough answer to be cut"}]) as stream:
+                for _ in stream:
+                    pass
+    finally:
+        setup[name].reset()

@@ -157,3 +157,15 @@ def test_invalid_bodies_name_the_field(setup):
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "input"
     resp = gw.post("/v1/responses", json={"model": "via-openai", "input": "x", "max_output_tokens": "many"})
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "max_output_tokens"
+
+
+@pytest.mark.parametrize("model,name", [("via-openai", "oa"), ("via-anthropic", "an")])
+def test_an_upstream_failing_mid_stream_raises_in_the_client(setup, model, name):
+    setup[name].control(error_after=3)
+    try:
+        with pytest.raises(openai.APIError):
+            for _ in client(setup).responses.create(model=model, input="a long enough answer to be cut",
+                                                    stream=True):
+                pass
+    finally:
+        setup[name].reset()

@@ -1,5 +1,5 @@
-"""The fake openai-format upstream's /v1/responses and /v1/completions: echo answers in those
-shapes (a function tool offered on a user turn is called, so agents' tool loops run offline)."""
+"""The fake openai-format upstream's /v1/responses and /v1/completions: the chat answer (tool
+calls included, see toolcalls.py) in those shapes, so agents' tool loops run offline."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -9,6 +9,7 @@ import orjson
 from ...gateway.ingress import RESPONSES
 from ...gateway.providers import echo
 from ...gateway.providers.base import DONE
+from . import answers
 
 
 def routes(app) -> dict:
@@ -34,23 +35,9 @@ def routes(app) -> dict:
 
 # ---- /v1/responses -----------------------------------------------------------------------------
 
-def chat_answer(chat: dict) -> dict:
-    """The echo chat completion, or a call of the first function tool when the last turn is the user's."""
-    answer = echo.completion(chat, chat["model"])
-    tools = [t["function"] for t in chat.get("tools") or () if t.get("type") == "function"]
-    messages = chat.get("messages") or []
-    if tools and messages and messages[-1].get("role") == "user" and chat.get("tool_choice") != "none":
-        arguments = orjson.dumps({"text": echo.last_user_text(messages)}).decode()
-        choice = answer["choices"][0]
-        choice["message"] = {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_echo_0", "type": "function", "function": {"name": tools[0]["name"], "arguments": arguments}}]}
-        choice["finish_reason"] = "tool_calls"
-    return answer
-
-
 def responses_answer(request: dict) -> dict:
     chat, _, _ = RESPONSES.to_chat(request)
-    return RESPONSES.from_chat(chat_answer(chat), request, request["model"])
+    return RESPONSES.from_chat(answers.openai_completion(chat), request, request["model"])
 
 
 def chat_chunks(answer: dict) -> list[dict]:
@@ -76,7 +63,7 @@ def responses_frames(request: dict) -> list[bytes]:
     chat, _, _ = RESPONSES.to_chat(request)
     translator = RESPONSES.stream_translator(request, request["model"], SimpleNamespace(usage=None))
     frames = []
-    for chunk in chat_chunks(chat_answer(chat)):
+    for chunk in chat_chunks(answers.openai_completion(chat)):
         frames += translator.feed(chunk)
     return frames + translator.close()
 
