@@ -209,6 +209,7 @@ class HttpProvider(Provider):
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.max_body, self.max_event = upstream_limits()
+        self._urls: dict[str, URL] = {}
 
     def session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -240,8 +241,7 @@ class HttpProvider(Provider):
             raise self.error(400, f"cannot send the request to upstream '{self.spec.name}': {exc}",
                              kind="unsupported") from None
         try:
-            # encoded: the path goes out exactly as built (and, for bedrock, as signed)
-            resp = await self.session().post(URL(url, encoded=True), data=data, headers=self.headers_for(url, data),
+            resp = await self.session().post(self._url(path, url), data=data, headers=self.headers_for(url, data),
                                              allow_redirects=False,
                                              timeout=_attempt_timeout(timeout, stream))
             if resp.status >= 300:
@@ -263,6 +263,16 @@ class HttpProvider(Provider):
         except aiohttp.ClientError as exc:
             raise self.error(502, f"upstream '{self.spec.name}' closed the connection before answering "
                                   f"({type(exc).__name__})", kind="connect") from None
+
+    def _url(self, path: str, url: str) -> URL:
+        """The URL of a path, built once: `encoded`, so it goes out exactly as built (and, for
+        bedrock, as signed), and a memo because parsing costs more than the lookup."""
+        found = self._urls.get(path)
+        if found is None:
+            if len(self._urls) >= 256:
+                self._urls.clear()   # paths with model names in them come from clients: bounded
+            found = self._urls[path] = URL(url, encoded=True)
+        return found
 
     def headers_for(self, url: str, data: bytes) -> dict[str, str]:
         """The headers of one POST; a provider that signs each request (bedrock) overrides it."""
