@@ -2,6 +2,7 @@
 through a real gateway; limits and the access log apply to the new shapes as to chat."""
 from __future__ import annotations
 
+import anthropic
 import orjson
 import openai
 import pytest
@@ -15,7 +16,10 @@ provider an { format anthropic url "{an}" api_key "sk-an-test" }
 rule capped { when model == "capped" limit requests 2 per 1m route oa/gpt-test }
 rule to_openai { when model == "via-openai" route oa/gpt-test }
 rule to_anthropic { when model == "via-anthropic" route an/claude-test }
+provider demo { format echo }
 rule fallback { when model == "both" route fallback [an/claude-test, oa/gpt-test] }
+rule agent { when model == "agent" route fallback [oa/gpt-test, an/claude-test] }
+rule to_echo { when model == "via-echo" route demo/echo }
 """
 
 
@@ -85,3 +89,44 @@ def test_access_log_has_a_line_per_ingress_request(setup):
     line = gw.wait_for_output('"route":"oa/gpt-test"', before + 1).splitlines()
     entries = [orjson.loads(text[text.index("{"):]) for text in line if '"route":"oa/gpt-test"' in text]
     assert entries[-1]["status"] == 200 and entries[-1]["usage"]
+
+
+def test_echo_serves_responses_and_messages_translated(setup):
+    gw = setup["gw"]
+    response = client(setup).responses.create(model="via-echo", input="echo me")
+    assert "echo me" in response.output_text
+    message = anthropic.Anthropic(base_url=gw.url, api_key="x", max_retries=0).messages.create(
+        model="via-echo", max_tokens=50, messages=[{"role": "user", "content": "echo me too"}])
+    assert "echo me too" in message.content[0].text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_agent_keeps_its_tool_call_when_openai_fails_over_to_anthropic(setup, stream):
+    """A coding agent on /v1/messages: its openai target fails, the fallback is anthropic (the
+    body then goes as sent), and the agent still gets its tool_use."""
+    tool = {"name": "shell", "input_schema": {"type": "object", "properties": {"cmd": {"type": "string"}}}}
+    setup["oa"].control(fail_next=1, fail_status=503)
+    try:
+        agent = anthropic.Anthropic(base_url=setup["gw"].url, api_key="x", max_retries=0)
+        question = [{"role": "user", "content": "list the files"}]
+        if stream:
+            with agent.messages.stream(model="agent", max_tokens=100, tools=[tool], messages=question) as s:
+                message = s.get_final_message()
+        else:
+            message = agent.messages.create(model="agent", max_tokens=100, tools=[tool], messages=question)
+    finally:
+        setup["oa"].reset()
+    assert message.stop_reason == "tool_use"
+    assert [b.name for b in message.content if b.type == "tool_use"] == ["shell"]
+
+
+def test_parallel_function_calls_on_responses(setup):
+    tools = [{"type": "function", "name": name, "parameters": {"type": "object", "properties": {}}}
+             for name in ("get_weather", "get_time")]
+    for model in ("via-openai", "via-anthropic"):
+        events = list(client(setup).responses.create(model=model, input="both, in parallel", tools=tools,
+                                                     stream=True))
+        final = events[-1].response
+        assert [i.name for i in final.output if i.type == "function_call"] == ["get_weather", "get_time"]
+        added = [e.output_index for e in events if e.type == "response.output_item.added"]
+        assert added == sorted(set(added))
