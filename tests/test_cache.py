@@ -223,7 +223,7 @@ async def test_20_concurrent_identical_misses_make_one_upstream_call(gateway, up
 
 
 async def test_when_the_leader_fails_one_follower_retries(gateway, upstream):
-    upstream.control(latency="0.3s", fail_next=1)
+    upstream.control(latency="0.3s", fail_next=1, fail_status=500)
     answers = await crowd(gateway, 10, body())
     assert sorted(a.status_code for a in answers) == [200] * 9 + [502]
     assert calls(upstream) == 2   # the failed leader, then one follower for everyone else

@@ -307,7 +307,7 @@ async def test_100_concurrent_requests_cannot_overspend_a_budget_with_room_for_1
 def test_failed_upstream_calls_are_refunded(gateway, upstream):
     body = chat_body("refund me", max_tokens=10)
     hold = estimate_tokens(body) + 10
-    upstream.control(status=503)
+    upstream.control(status=500)
     resp = gateway.post("/v1/chat/completions", json=body, headers={"x-test": "refunds"})
     assert resp.status_code == 502
     upstream.control(status=None)

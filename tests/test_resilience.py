@@ -58,7 +58,7 @@ def test_exhausted_retries_answer_502_and_stop_sdk_retries(upstreams, gateways):
     up = upstreams()
     gw = gateways(f'provider up {{ url "{up.url}" }}\n'
                   'rule r { retry 2 backoff constant 10ms route up/m }')
-    up.control(status=503)
+    up.control(status=500)
     calls = []
     http = httpx.Client(event_hooks={"request": [calls.append]}, trust_env=False)
     client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=3, http_client=http)
@@ -67,7 +67,7 @@ def test_exhausted_retries_answer_502_and_stop_sdk_retries(upstreams, gateways):
     assert info.value.status_code == 502
     assert info.value.response.headers["x-should-retry"] == "false"
     assert info.value.response.headers["x-edgerules-attempts"] == "3"
-    assert "answered 503" in info.value.message
+    assert "answered 500" in info.value.message
     assert len(calls) == 1            # the SDK did not multiply the load
     assert up.stats()["chat"] == 3
 
@@ -76,7 +76,7 @@ def test_non_retryable_codes_are_not_retried(upstreams, gateways):
     up = upstreams()
     gw = gateways(f'provider up {{ url "{up.url}" }}\n'
                   'rule r { retry 3 backoff constant 10ms on 429 route up/m }')
-    up.control(fail_next=1, fail_status=503)
+    up.control(fail_next=1, fail_status=500)
     resp = gw.chat("x")
     assert resp.status_code == 502 and resp.headers["x-edgerules-attempts"] == "1"
 
@@ -128,11 +128,11 @@ def test_a_retry_that_cannot_start_before_the_deadline_is_not_made(upstreams, ga
     up = upstreams()
     gw = gateways(f'provider up {{ url "{up.url}" }}\n'
                   'rule r { retry 5 backoff constant 30s deadline 2s route up/m }')
-    up.control(status=503)
+    up.control(status=500)
     resp = gw.chat("x")
     # The first delay alone would pass the deadline, so the chain ends on the upstream's own error
     # at once instead of sleeping: one attempt, one upstream call.
-    assert resp.status_code == 502 and "answered 503" in resp.json()["error"]["message"]
+    assert resp.status_code == 502 and "answered 500" in resp.json()["error"]["message"]
     assert resp.headers["x-edgerules-attempts"] == "1"
     assert up.stats()["chat"] == 1
 
@@ -141,7 +141,7 @@ def test_a_deadline_cuts_a_chain_of_retries_short(upstreams, gateways):
     up = upstreams()
     gw = gateways(f'provider up {{ url "{up.url}" }}\n'
                   'rule r { retry 5 backoff constant 400ms deadline 1s route up/m }')
-    up.control(status=503)
+    up.control(status=500)
     resp = gw.chat("x")
     # Attempts at about 0, 0.4 and 0.8s fit; a fourth would start after the deadline. However slow
     # the machine, never all six attempts, and SDKs are told not to add theirs.
