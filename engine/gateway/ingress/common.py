@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import orjson
 
 from ..errors import GatewayError
-from ..providers.base import ProviderError, UpstreamResponse, UpstreamStream
+from ..providers.base import ProviderError, UpstreamResponse, UpstreamStream, error_message
 
 # The top-level "type" of an event's JSON: Anthropic and Responses events put it first.
 _TYPE = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.\-]+)"')
@@ -23,6 +24,7 @@ class Ingress:
     path = ""                       # the upstream path of a same-format provider, e.g. "/messages"
     native: frozenset = frozenset()  # provider formats that get the body as sent
     named_events = False            # SSE events carry `event: <type>` lines
+    final_events: frozenset = frozenset()   # the event types that end a whole stream ([DONE] if none)
     translates = True               # False: only a native provider can serve it
 
     def credential(self, headers: dict) -> str | None:
@@ -144,20 +146,41 @@ async def _translated(stream: UpstreamStream, translator: ChatStreamTranslator) 
 
 async def _native_events(ingress: Ingress, provider, resp, timeout: float, call) -> AsyncIterator[bytes]:
     """The provider's own events, re-framed whole (so the redactor sees each one entire), with
-    their usage read on the way for limits and the access log."""
+    their usage read on the way for limits and the access log.
+
+    A stream is whole only with its final event (`message_stop`, `response.completed`, `[DONE]`):
+    one that ends without it, or with an error event, ends with the gateway's error event, never
+    as a silently shorter answer.
+    """
     usage: dict = {}
-    async for batch in provider.sse_batches(resp, timeout):
-        out = []
-        for data in batch:
-            if _HAS_USAGE.search(data) is not None:
-                _read_usage(data, usage)
-                call.usage = dict(usage)
-            if ingress.named_events and (m := _TYPE.search(data)) is not None:
-                out.append(b"event: " + m.group(1) + b"\ndata: " + data + b"\n\n")
-            else:
-                out.append(b"data: " + data + b"\n\n")
-        if out:
-            yield b"".join(out)
+    done = False
+    name = provider.spec.name
+    async with aclosing(provider.sse_batches(resp, timeout)) as batches:
+        async for batch in batches:
+            out = []
+            for data in batch:
+                if done:
+                    continue   # drained so the connection goes back to the pool
+                kind = m.group(1) if ingress.named_events and (m := _TYPE.search(data)) is not None else None
+                if kind == b"error" or data.startswith((b'{"error"', b'{ "error"')):
+                    if out:
+                        yield b"".join(out)   # what came before the error is delivered
+                    message = error_message(data, "error event", provider.redactor)
+                    raise provider.error(502, f"upstream '{name}' failed mid-stream: {message}", kind="stream")
+                if _HAS_USAGE.search(data) is not None:
+                    _read_usage(data, usage)
+                    call.usage = dict(usage)
+                if kind is not None:
+                    done = kind in ingress.final_events
+                    out.append(b"event: " + kind + b"\ndata: " + data + b"\n\n")
+                else:
+                    done = data == b"[DONE]" and not ingress.final_events
+                    out.append(b"data: " + data + b"\n\n")
+            if out:
+                yield b"".join(out)
+    if not done:
+        raise provider.error(502, f"upstream '{name}' ended the stream before its last event: the answer "
+                                  f"is incomplete", kind="stream")
 
 
 def _read_usage(data: bytes, usage: dict) -> None:

@@ -23,6 +23,7 @@ class MessagesIngress(Ingress):
     path = "/messages"
     native = frozenset({"anthropic"})
     named_events = True
+    final_events = frozenset({b"message_stop"})
 
     def credential(self, headers: dict) -> str | None:
         if headers.get("authorization"):

@@ -22,6 +22,7 @@ class ResponsesIngress(Ingress):
     path = "/responses"
     native = frozenset({"openai"})
     named_events = True
+    final_events = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
 
     def validate(self, body: dict) -> None:
         require_model(body)
