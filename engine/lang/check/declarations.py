@@ -3,6 +3,7 @@ the settings of one format) and keys."""
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import re
 
 from .. import ast
@@ -128,6 +129,9 @@ class DeclarationChecks:
                 self.error("format-setting", f"'{name}' is a setting of format {owner}, not {fmt}",
                            set_at[name], hint=f"remove it, or set format {owner}")
         if fmt == "bedrock":
+            if importlib.util.find_spec("botocore") is None:
+                self.error("missing-extra", f"provider '{decl.name}' (format bedrock) needs botocore, "
+                           f"which is not installed", decl.loc, hint="pip install 'edgerules[bedrock]'")
             if "region" not in set_at:
                 self.error("missing-region", f"provider '{decl.name}' (format bedrock) needs a region",
                            decl.loc, hint='add region "us-east-1" (the AWS region of the models)')
