@@ -190,3 +190,41 @@ def check(tmp_path, text: str) -> str:
 def test_provider_settings_are_checked(tmp_path, text, expected):
     out = check(tmp_path, text + '\nrule r { route a }\n'.replace("route a", "route " + text.split()[1]))
     assert expected in out, out
+
+
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
+
+
+@pytest.mark.parametrize("fmt, expected", [
+    ("anthropic", {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}}),
+    ("gemini", {"inlineData": {"mimeType": "image/png", "data": PIXEL}}),
+    ("bedrock", {"image": {"format": "png", "source": {"bytes": PIXEL}}}),
+])
+def test_images_are_translated(gw, fmt, expected):
+    gateway, ups = gw
+    content = [{"type": "text", "text": "what is this"},
+               {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}}]
+    answer = client(gateway).chat.completions.create(model=MODELS[fmt], messages=[{"role": "user", "content": content}])
+    assert answer.choices[0].message.content == "echo: what is this"
+    sent = ups[fmt].stats()["last_body"]
+    parts = sent["contents"][0]["parts"] if fmt == "gemini" else sent["messages"][0]["content"]
+    assert parts[1] == expected
+
+
+@pytest.mark.parametrize("fmt", ["gemini", "bedrock"])
+def test_an_image_url_the_format_cannot_fetch_is_refused(gw, fmt):
+    gateway, _ = gw
+    content = [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+    with pytest.raises(openai.BadRequestError) as err:
+        client(gateway).chat.completions.create(model=MODELS[fmt], messages=[{"role": "user", "content": content}])
+    assert f"({fmt} format) does not translate" in err.value.message and "data: URL" in err.value.message
+
+
+def test_gemini_n_is_candidate_count(gw):
+    gateway, ups = gw
+    answer = client(gateway).chat.completions.create(model=MODELS["gemini"], n=2, seed=3,
+                                                     messages=[{"role": "user", "content": "hi"}])
+    assert [c.index for c in answer.choices] == [0, 1]
+    assert {c.message.content for c in answer.choices} == {"echo: hi"}
+    config = ups["gemini"].stats()["last_body"]["generationConfig"]
+    assert config["candidateCount"] == 2 and config["seed"] == 3
