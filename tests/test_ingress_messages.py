@@ -207,3 +207,15 @@ def test_an_upstream_failing_mid_stream_is_an_error_event(setup, model, name):
                     pass
     finally:
         setup[name].reset()
+
+
+@pytest.mark.parametrize("block,param", [
+    ({"type": "tool_use", "id": "t1", "name": "f", "input": "not an object"}, "messages[0].content[0].input"),
+    ({"type": "tool_result", "content": "x"}, "messages[0].content[0].tool_use_id"),
+    ({"type": "text", "text": 5}, "messages[0].content[0].text"),
+    ({"type": "image", "source": "x"}, "messages[0].content[0].source"),
+])
+def test_malformed_blocks_name_their_field(setup, block, param):
+    resp = setup["gw"].post("/v1/messages", headers={"x-api-key": KEY}, json={
+        "model": "via-openai", "max_tokens": 5, "messages": [{"role": "user", "content": [block]}]})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == param

@@ -169,3 +169,14 @@ def test_an_upstream_failing_mid_stream_raises_in_the_client(setup, model, name)
                 pass
     finally:
         setup[name].reset()
+
+
+@pytest.mark.parametrize("item,param", [
+    ({"type": "function_call", "call_id": "c1", "name": "f", "arguments": {"a": 1}}, "input[0].arguments"),
+    ({"type": "function_call_output", "output": "x"}, "input[0].call_id"),
+    ({"role": "user", "content": [{"text": "no type"}]}, "input[0].content"),
+    ("just a string", "input[0]"),
+])
+def test_malformed_items_name_their_field(setup, item, param):
+    resp = setup["gw"].post("/v1/responses", json={"model": "via-anthropic", "input": [item]})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == param

@@ -49,9 +49,10 @@ class MessagesIngress(Ingress):
             if not isinstance(content, list):
                 raise bad(f"'{where}.content' must be a string or an array of blocks", f"{where}.content")
             for j, block in enumerate(content):
-                if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-                    raise bad(f"'{where}.content[{j}]' must be an object with a string 'type'",
-                              f"{where}.content[{j}]")
+                _validate_block(block, f"{where}.content[{j}]")
+        for k, tool in enumerate(body.get("tools") or ()):
+            if not isinstance(tool, dict) or not isinstance(tool.get("name", ""), str):
+                raise bad(f"'tools[{k}]' must be an object with a string 'name'", f"tools[{k}]")
 
     def to_chat(self, body: dict) -> tuple[dict, list[str], str | None]:
         refused = [f"'{name}'" for name in body if name not in _CARRIED]
@@ -98,6 +99,23 @@ class MessagesIngress(Ingress):
 
     def stream_translator(self, raw: dict, model: str, call) -> ChatStreamTranslator:
         return MessagesStream(model, call)
+
+
+# What each block type needs, so a translation never meets a wrong type: (field, types).
+_BLOCK_FIELDS = {"text": (("text", (str,)),), "image": (("source", (dict,)),),
+                 "tool_use": (("id", (str,)), ("name", (str,)), ("input", (dict,))),
+                 "tool_result": (("tool_use_id", (str,)),)}
+
+
+def _validate_block(block, where: str) -> None:
+    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+        raise bad(f"'{where}' must be an object with a string 'type'", where)
+    for name, kinds in _BLOCK_FIELDS.get(block["type"], ()):
+        if not isinstance(block.get(name), kinds):
+            raise bad(f"'{where}.{name}' must be {'an object' if kinds == (dict,) else 'a string'}",
+                      f"{where}.{name}")
+    if block["type"] == "tool_result" and not isinstance(block.get("content", ""), (str, list)):
+        raise bad(f"'{where}.content' must be a string or an array of blocks", f"{where}.content")
 
 
 def _add_message(messages: list, message: dict, where: str, refused: list[str]) -> None:

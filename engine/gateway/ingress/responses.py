@@ -31,8 +31,10 @@ class ResponsesIngress(Ingress):
             raise bad("'input' is required", "input", "missing_required_parameter")
         if isinstance(body["input"], list):
             for i, item in enumerate(body["input"]):
-                if not isinstance(item, dict):
-                    raise bad(f"'input[{i}]' must be an object", f"input[{i}]")
+                _validate_item(item, f"input[{i}]")
+        for k, tool in enumerate(body.get("tools") or ()):
+            if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+                raise bad(f"'tools[{k}]' must be an object with a string 'type'", f"tools[{k}]")
 
     def to_chat(self, body: dict) -> tuple[dict, list[str], str | None]:
         native_only = _stateful(body)
@@ -84,6 +86,30 @@ class ResponsesIngress(Ingress):
 
     def stream_translator(self, raw: dict, model: str, call) -> ChatStreamTranslator:
         return ResponsesStream(raw, model, call)
+
+
+# The string fields each input item type needs, so a translation never meets a wrong type.
+_ITEM_STRINGS = {"function_call": ("call_id", "name", "arguments"), "function_call_output": ("call_id",)}
+
+
+def _validate_item(item, where: str) -> None:
+    if not isinstance(item, dict):
+        raise bad(f"'{where}' must be an object", where)
+    kind = item.get("type", "message")
+    if not isinstance(kind, str):
+        raise bad(f"'{where}.type' must be a string", f"{where}.type")
+    for name in _ITEM_STRINGS.get(kind, ()):
+        if not isinstance(item.get(name), str):
+            raise bad(f"'{where}.{name}' must be a string", f"{where}.{name}")
+    if kind == "message":
+        if not isinstance(item.get("role"), str):
+            raise bad(f"'{where}.role' must be a string", f"{where}.role")
+        content = item.get("content")
+        if not isinstance(content, (str, list)) or isinstance(content, list) and not all(
+                isinstance(part, dict) and isinstance(part.get("type"), str) for part in content):
+            raise bad(f"'{where}.content' must be a string or an array of typed parts", f"{where}.content")
+    if kind == "function_call_output" and not isinstance(item.get("output"), (str, list)):
+        raise bad(f"'{where}.output' must be a string or an array", f"{where}.output")
 
 
 def _stateful(body: dict) -> str | None:
