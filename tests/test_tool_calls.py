@@ -208,3 +208,27 @@ def test_fallback_from_openai_to_anthropic_keeps_the_tool_call(gw):
         assert answer.choices[0].message.tool_calls[0].id.startswith("call_")   # openai's own ids
     finally:
         ups["down"].control(fail_rate=1)
+
+
+@pytest.mark.parametrize("fmt", ["gemini", "bedrock", "azure"])
+def test_anthropic_sdk_agent_on_other_formats(gw, fmt):
+    """/v1/messages is translated through the chat form to every format: the tool_use comes back."""
+    anthropic = pytest.importorskip("anthropic")
+    gateway, _ = gw
+    agent = anthropic.Anthropic(base_url=gateway.url, api_key="x", max_retries=0)
+    tool = {"name": "get_weather", "description": "The weather in a city",
+            "input_schema": WEATHER["function"]["parameters"]}
+    message = agent.messages.create(model=MODELS[fmt], max_tokens=100, tools=[tool],
+                                    messages=[{"role": "user", "content": "weather in Paris?"}])
+    assert message.stop_reason == "tool_use"
+    (use,) = [b for b in message.content if b.type == "tool_use"]
+    assert use.name == "get_weather" and use.input == {"city": "example", "unit": "celsius"}
+    with agent.messages.stream(model=MODELS[fmt], max_tokens=100, tools=[tool],
+                               messages=[{"role": "user", "content": "weather in Paris?"}]) as stream:
+        final = stream.get_final_message()
+    assert [b.input for b in final.content if b.type == "tool_use"] == [{"city": "example", "unit": "celsius"}]
+    result = agent.messages.create(model=MODELS[fmt], max_tokens=100, tools=[tool], messages=[
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": use.id, "name": use.name, "input": use.input}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]}])
+    assert result.stop_reason == "end_turn" and "sunny" in result.content[0].text
