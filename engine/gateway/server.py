@@ -88,7 +88,7 @@ async def _handle(request: Request, kind: str, ingress: Ingress | None = None) -
         if exchange is None:
             (validate_chat if kind == "chat" else validate_embeddings)(body)
         else:
-            body = exchange.chat   # the fields the policy reads, the same whatever the shape
+            body = exchange.view   # the fields the policy reads, the same whatever the shape
         validate_metadata(headers)
         client = scope.get("client")
         decision = live.policy.evaluate(body, headers, key, scope["path"], scope["method"],

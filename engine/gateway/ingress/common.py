@@ -26,6 +26,9 @@ class Ingress:
     named_events = False            # SSE events carry `event: <type>` lines
     final_events: frozenset = frozenset()   # the event types that end a whole stream ([DONE] if none)
     translates = True               # False: only a native provider can serve it
+    # Fields of the body as sent that the chat form restates: left out of what the policy reads
+    # (the chat form's messages already hold a Responses `input`; counting both would double it).
+    restated: frozenset = frozenset()
 
     def credential(self, headers: dict) -> str | None:
         return headers.get("authorization")
@@ -60,14 +63,22 @@ class ChatStreamTranslator:
 
 
 class Exchange:
-    """One ingress request on its way: the body as sent, its chat form (what the policy saw and
-    what non-native providers get), and how to forward it to one provider."""
+    """One ingress request on its way: the body as sent, its chat form (what non-native providers
+    get), what the policy reads, and how to forward it to one provider."""
 
-    __slots__ = ("ingress", "raw", "chat", "refused", "native_only")
+    __slots__ = ("ingress", "raw", "chat", "view", "refused", "native_only")
 
     def __init__(self, ingress: Ingress, raw: dict, chat: dict, refused: list[str], native_only: str | None):
         self.ingress, self.raw, self.chat = ingress, raw, chat
         self.refused, self.native_only = refused, native_only
+        # The policy reads the chat form, so `model`, `max_tokens`, `tools`, the message count mean
+        # the same on every shape; fields only the shape has (`metadata`, `reasoning`, `thinking`)
+        # stay readable as `body.NAME`.
+        if chat is raw:
+            self.view = raw
+        else:
+            self.view = {k: v for k, v in raw.items() if k not in ingress.restated}
+            self.view.update(chat)
 
     async def forward(self, call, provider, model: str, timeout: float):
         """An UpstreamResponse or an UpstreamStream, in the ingress shape."""
@@ -86,10 +97,10 @@ class Exchange:
                                       f"{' or '.join(sorted(ingress.native))}, or leave it out",
                                  kind="unsupported")
         if call.stream:
-            stream = await provider.chat_stream(call.body, model, timeout)
+            stream = await provider.chat_stream(self.chat, model, timeout)
             translator = ingress.stream_translator(self.raw, model, call)
             return UpstreamStream(_translated(stream, translator), stream.aclose)
-        answer = await provider.chat(call.body, model, timeout)
+        answer = await provider.chat(self.chat, model, timeout)
         data = ingress.from_chat(answer.json(), self.raw, model)
         return UpstreamResponse(200, orjson.dumps(data), data)
 

@@ -23,6 +23,7 @@ class ResponsesIngress(Ingress):
     native = frozenset({"openai"})
     named_events = True
     final_events = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
+    restated = frozenset({"input"})
 
     def validate(self, body: dict) -> None:
         require_model(body)
