@@ -295,7 +295,8 @@ def test_shutdown_writes_every_queued_row(upstream, store, tmp_path):
     assert sorted(orjson.loads(line)["id"] for line in out.stdout.splitlines()) == sorted(ids)
 
 
-def test_logs_follow_prints_new_requests(upstream, store, tmp_path):
+def test_logs_follow_prints_new_requests(upstream, tmp_path):
+    store = f"sqlite://{tmp_path}/requests.db"   # reading PostgreSQL is the shutdown test's
     gw = start_gateway(policy(upstream), tmp_path / "gw", "--no-watch", "--log-store", store)
     follower = None
     try:

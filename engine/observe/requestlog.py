@@ -22,6 +22,7 @@ from .store import TABLE
 log = logging.getLogger("edgerules.gateway")
 
 BATCH = 500                 # rows a write takes at most
+GATHER = 0.2                # seconds the writer waits for more rows before a write
 RETENTION_EVERY = 60.0      # seconds between two retention passes
 _ID_MAX = 128
 PATHS = {"chat": "/v1/chat/completions", "embeddings": "/v1/embeddings"}
@@ -133,7 +134,8 @@ class RequestLog:
         self.dropped = 0            # rows refused by a full queue, or lost to a failed write
         self.written = 0
         self.failed_writes = 0
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()    # a row is waiting
+        self._full = asyncio.Event()    # a whole batch is waiting: write now
         self._closing = False
         self._tasks: list[asyncio.Task] = []
 
@@ -145,9 +147,12 @@ class RequestLog:
         if len(self.rows) >= self.limit:
             self.dropped += 1
             return
-        self.rows.append(row)
+        rows = self.rows
+        rows.append(row)
         if not self._wake.is_set():
             self._wake.set()
+        elif len(rows) >= BATCH and not self._full.is_set():
+            self._full.set()
 
     def status(self) -> dict:
         return {"store": getattr(self.store, "name", ""), "queued": len(self.rows), "queue_limit": self.limit,
@@ -169,15 +174,26 @@ class RequestLog:
     async def _write_loop(self) -> None:
         while True:
             await self._wake.wait()
+            if not self._closing:
+                # Gather rows for a moment: one transaction and one thread hop for many requests,
+                # not one a request (which cost a quarter of the throughput at 32 connections).
+                try:
+                    await asyncio.wait_for(self._full.wait(), GATHER)
+                except asyncio.TimeoutError:
+                    pass
             self._wake.clear()
+            self._full.clear()
             await self._drain()
             if self._closing:
                 return
 
     async def _drain(self) -> None:
+        """Write the rows queued now, in batches; rows that come meanwhile wait for the next gather."""
         rows = self.rows
-        while rows:
+        left = len(rows)
+        while left > 0 and rows:
             batch = [rows.popleft() for _ in range(min(BATCH, len(rows)))]
+            left -= len(batch)
             try:
                 await self.store.write(batch)
                 self.written += len(batch)
@@ -214,12 +230,14 @@ class RequestLog:
         for task in self._tasks[1:]:
             task.cancel()
         self._wake.set()
+        self._full.set()
         if self._tasks:
             try:
                 await asyncio.wait_for(asyncio.shield(self._tasks[0]), 30.0)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 self._tasks[0].cancel()
-            await self._drain()   # rows added while the last batch was written
+            while self.rows:
+                await self._drain()   # rows added while the last batch was written
         await self.store.close()
 
 
