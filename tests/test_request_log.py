@@ -325,3 +325,13 @@ def test_cli_errors_are_clear(tmp_path):
     out = subprocess.run([EDGERULES, "usage", "--by", "colour", "--store", f"sqlite://{tmp_path}/x.db"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "cannot group by 'colour'" in out.stderr
+
+
+def test_serve_refuses_a_log_store_it_cannot_open_without_showing_its_password(tmp_path):
+    (tmp_path / "p.rules").write_text("provider demo { format echo }\nrule r { route demo/echo }\n")
+    for store, said in ((f"sqlite://{tmp_path}/p.rules/x.db", "cannot open the log store"),
+                        (f"postgresql://user:hunter2secret@127.0.0.1:{free_port()}/db", "cannot connect to the log store")):
+        out = subprocess.run([EDGERULES, "serve", "--rules", str(tmp_path), "--port", str(free_port()),
+                              "--log-store", store], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and said in out.stderr, out.stderr
+        assert "hunter2secret" not in out.stderr

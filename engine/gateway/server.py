@@ -27,7 +27,7 @@ from ..observe import dashboard
 from .errors import GatewayError, error_response
 from ..observe import admin as observe_admin
 from ..observe.requestlog import capture_stream, cost_of, failure_row, open_request_log, request_id
-from ..observe.store import resolve_uri
+from ..observe.store import probe_store, resolve_uri
 from .pipeline import Call, forward
 from .reload import Reloader
 from .settings import BY_NAME
@@ -317,7 +317,8 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
             from ..observe.traces import Tracer   # the otel extra: imported only when asked for
             gw.tracer = Tracer(env["otel_endpoint"])
         gw.request_log = await open_request_log(resolve_uri(env["log_store"], rules), queue=env["log_queue"],
-                                                retention=env["log_retention"], max_rows=env["log_max_rows"])
+                                                retention=env["log_retention"], max_rows=env["log_max_rows"],
+                                                required=env["log_store"].lower() != "auto")
         reloader = Reloader(gw, rules)
         fanout = workers.WorkerFanout(fanout_dir, reloader) if fanout_dir else None
         app.state.gw, app.state.reloader, app.state.fanout = gw, reloader, fanout
@@ -406,6 +407,9 @@ def serve(args) -> int:
     if policy.warnings:
         from ..lang.errors import render_all
         print(render_all(policy.warnings, policy.sources), file=sys.stderr)
+    if (problem := probe_store(values["log_store"], values["rules"])) is not None:
+        print(f"edgerules serve: {problem}", file=sys.stderr)
+        return 2
     # Every --workers process builds its app from the environment.
     settings.export(values)
     return _run(values)

@@ -7,6 +7,7 @@ slow or broken store never delays or fails a request.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -25,6 +26,16 @@ BATCH = 500                 # rows a write takes at most
 GATHER = 0.2                # seconds the writer waits for more rows before a write
 RETENTION_EVERY = 60.0      # seconds between two retention passes
 _ID_MAX = 128
+_ID_PREFIX = os.urandom(6).hex()
+_ids = itertools.count(1)
+
+
+def _new_prefix() -> None:
+    global _ID_PREFIX, _ids
+    _ID_PREFIX, _ids = os.urandom(6).hex(), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_prefix)   # a forked worker must not repeat its parent's ids
 PATHS = {"chat": "/v1/chat/completions", "embeddings": "/v1/embeddings"}
 
 
@@ -39,7 +50,9 @@ def request_id(given: str | None) -> str:
     """The client's x-request-id when it is sane (1-128 printable ASCII characters), else a new one."""
     if given and len(given) <= _ID_MAX and given.isascii() and given.isprintable() and given.strip() == given:
         return given
-    return os.urandom(12).hex()
+    # A random prefix per process and a counter: unique across gateways sharing a store, and no
+    # system call per request (an id names a request; it is no secret).
+    return f"{_ID_PREFIX}{next(_ids):012x}"
 
 
 def tokens_of(usage) -> tuple[int | None, int | None, int | None]:
@@ -241,10 +254,19 @@ class RequestLog:
         await self.store.close()
 
 
-async def open_request_log(uri: str, *, queue: int, retention: float, max_rows: int) -> RequestLog | None:
-    from .store import open_store
+async def open_request_log(uri: str, *, queue: int, retention: float, max_rows: int,
+                           required: bool = True) -> RequestLog | None:
+    """The running log, None for `none`; a store that cannot be opened stops the gateway, unless
+    it is the default one (`required` false): then the gateway runs without a log and says why."""
+    from .store import StoreError, open_store
 
-    store = await open_store(uri)
+    try:
+        store = await open_store(uri)
+    except StoreError as exc:
+        if required:
+            raise
+        log.warning("%s; the gateway runs without a request log (set --log-store)", exc)
+        return None
     if store is None:
         return None
     request_log = RequestLog(store, queue=queue, retention=retention, max_rows=max_rows)

@@ -62,6 +62,22 @@ def check_uri(text: str) -> str:
     raise ValueError(f"not a log store: {text!r} (use auto, none, sqlite:///PATH or postgresql://...)")
 
 
+def probe_store(setting: str, policy_path: str) -> str | None:
+    """Why a log store given explicitly cannot be opened, before `serve` binds its port; None if
+    it opens (`auto` is not probed: when it cannot be opened the gateway runs without a log)."""
+    if setting.strip().lower() in ("auto", "none"):
+        return None
+
+    async def probe():
+        store = await open_store(resolve_uri(setting, policy_path))
+        await store.close()
+    try:
+        asyncio.run(probe())
+    except StoreError as exc:
+        return str(exc)
+    return None
+
+
 async def open_store(uri: str):
     """The store behind a URI, its table created; None for `none`."""
     scheme = uri.partition("://")[0].lower()
