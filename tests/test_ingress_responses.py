@@ -3,6 +3,7 @@ upstream (passed through) and an anthropic-format upstream (translated through c
 from __future__ import annotations
 
 import openai
+import orjson
 import pytest
 
 from gw import start_gateway
@@ -180,3 +181,17 @@ def test_an_upstream_failing_mid_stream_raises_in_the_client(setup, model, name)
 def test_malformed_items_name_their_field(setup, item, param):
     resp = setup["gw"].post("/v1/responses", json={"model": "via-anthropic", "input": [item]})
     assert resp.status_code == 400 and resp.json()["error"]["param"] == param
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "celsius": {"type": "number"}},
+          "required": ["city", "celsius"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_text_format_json_schema(setup, model):
+    response = client(setup).responses.create(model=model, input="the weather as JSON", text={
+        "format": {"type": "json_schema", "name": "weather", "schema": SCHEMA, "strict": True}})
+    assert set(orjson.loads(response.output_text)) == {"city", "celsius"}
+    if model == "via-anthropic":   # carried as chat's response_format, which the provider maps
+        sent = setup["an"].stats()["last_body"]
+        assert sent["tools"][0]["input_schema"] == SCHEMA and sent["tool_choice"]["type"] == "tool"
