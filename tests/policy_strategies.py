@@ -42,7 +42,10 @@ REGEXES = ("^a", "b$", "^gpt-[0-9]+", "o", "^(a|b)$", r"\d", r"\\d", "[a-z]+-[a-
 HEADERS = ("x-plan", "x-client", "x-debug", "x-tenant")
 META = ("region", "team", "tier")
 
-STRING_FIELDS = ("model", "user", "key", "path", "method", "ip")
+STRING_FIELDS = ("model", "user", "key", "path", "method", "ip", "response_format")
+BODY_PATHS = ("reasoning_effort", "metadata.team", "metadata.tier.level", "n", "parallel_tool_calls")
+TOOL_NAMES = ("shell", "search", "read_file", "")
+NETWORKS = ("10.0.0.0/8", "127.0.0.1", "::1/128", "192.168.0.0/16", "2001:db8::/32", "10.0.0.1")
 NUMBER_FIELDS = ("temperature", "max_tokens", "input_tokens", "messages", "hour", "weekday")
 DURATIONS = ("1s", "2s", "30s", "1m", "90s", "1h", "1d", "1_000ms", "1.5m")
 SHORT_DURATIONS = ("100ms", "250ms", "1s", "2s", "5s", "0.5s")
@@ -80,8 +83,18 @@ def string_conditions():
         st.tuples(field, st.sampled_from(("==", "!=")), lit).map(" ".join),
         st.tuples(lit, st.sampled_from(("==", "!=")), field).map(" ".join),
         st.tuples(field, st.sampled_from(("==", "!=")), field).map(" ".join),
-        st.tuples(field, st.sampled_from(("in", "not in")),
+        # ip in [...] with a "/" among the values is a network test: only addresses and networks
+        st.tuples(field.filter(lambda f: f != "ip"), st.sampled_from(("in", "not in")),
                   st.lists(lit, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]")).map(" ".join),
+        st.tuples(st.sampled_from(("in", "not in")),
+                  st.lists(st.sampled_from(NETWORKS).map(quote), max_size=4)).map(
+            lambda t: f"ip {t[0]} [{', '.join(t[1])}]"),
+        st.tuples(st.sampled_from(TOOL_NAMES).map(quote), st.sampled_from(("in", "not in"))).map(
+            lambda t: f"{t[0]} {t[1]} tools"),
+        st.tuples(st.sampled_from(BODY_PATHS), st.sampled_from(("==", "!=")), lit).map(
+            lambda t: f"body.{t[0]} {t[1]} {t[2]}"),
+        st.tuples(st.sampled_from(BODY_PATHS), st.sampled_from(("in", "not in")),
+                  st.lists(lit, max_size=3)).map(lambda t: f"body.{t[0]} {t[1]} [{', '.join(t[2])}]"),
         st.tuples(field, st.sampled_from(REGEXES)).map(lambda t: f'{t[0]} matches "{t[1]}"'),
         st.tuples(field, st.sampled_from(("contains", "starts_with", "ends_with")),
                   st.one_of(lit, field)).map(" ".join),
@@ -97,6 +110,7 @@ def number_conditions():
         st.tuples(field, ops, lit).map(" ".join),
         st.tuples(lit, ops, field).map(" ".join),
         st.tuples(field, ops, field).map(" ".join),
+        st.tuples(st.sampled_from(BODY_PATHS), ops, lit).map(lambda t: f"body.{t[0]} {t[1]} {t[2]}"),
         st.tuples(field, st.sampled_from(("in", "not in")),
                   st.lists(lit, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]")).map(" ".join),
     )
@@ -106,6 +120,7 @@ def number_conditions():
 def bool_conditions():
     return st.sampled_from((
         "stream", "not stream", "stream == true", "stream != false", "false == stream",
+        "forces_tool", "not forces_tool", "body.parallel_tool_calls == true", "body.stream != false",
         "stream in [true]", "stream not in [false, true]", "true", "false",
         "1s < 2s", '"a" == "a"', "100ms == 0.1s",
     ))
@@ -315,6 +330,22 @@ def random_request(rng: random.Random) -> tuple:
                          ("user", STRINGS)):
         if rng.random() < 0.6:
             body[name] = rng.choice(values)
+    if rng.random() < 0.4:
+        body["tools"] = [rng.choice(({"type": "function", "function": {"name": n}}, {"name": n}, {"type": "x"}, n))
+                         for n in rng.sample(TOOL_NAMES, rng.randint(0, 3))]
+    if rng.random() < 0.3:
+        body["tool_choice"] = rng.choice(("auto", "none", "required", "any", {"type": "function"},
+                                          {"type": "tool", "name": "shell"}, {"type": "auto"}, 3))
+    if rng.random() < 0.3:
+        body[rng.choice(("response_format", "text"))] = rng.choice(
+            ({"type": "json_schema"}, {"type": "text"}, {"format": {"type": "json_object"}}, "x", {"type": 1}))
+    for path in BODY_PATHS:
+        if rng.random() < 0.3:
+            node, *rest = path.split(".")
+            value = rng.choice(STRINGS + NUMBERS + (True, False, None, [1], {"level": "a"}))
+            for step in reversed(rest):
+                value = {step: value} if rng.random() < 0.8 else value
+            body.setdefault(node, value if not isinstance(body.get(node), dict) else body[node])
     if rng.random() < 0.9:
         body["messages"] = [{"role": "user", "content": rng.choice(STRINGS) * rng.randint(0, 30)}
                             for _ in range(rng.randint(0, 4))]

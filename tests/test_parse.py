@@ -302,8 +302,8 @@ def test_syntax_error_misspelt_action_lists_only_what_can_follow():
 def test_syntax_error_misspelt_provider_setting():
     d = syntax_error("provider p {\n    formt echo\n}\n")
     assert (d.line, d.column) == (2, 5)
-    assert d.message == ("unexpected name 'formt', expected one of 'api_key', 'cooldown', 'format', "
-                         "'price', 'timeout', 'url', '}'")
+    assert d.message == ("unexpected name 'formt', expected one of 'access_key', 'api_key', 'api_version', "
+                         "'cooldown', 'deployment', 'format', 'headers', 'price', ...")
     assert d.hint == "did you mean 'format'?"
 
 

@@ -28,10 +28,12 @@ class Field:
     arg: str | None          # header("x-plan") -> "x-plan"; metadata.region -> "region"
     form: str                # plain | call | dotted: how it was written
     loc: Location
+    kind: str | None = None  # body.PATH: the type its comparison expects, set by the checker
 
     @property
     def key(self) -> tuple[str, str | None]:
-        return (self.name, self.arg)
+        """What the compiled code extracts once: a body field typed two ways is two values."""
+        return (self.name, self.arg if self.kind is None else f"{self.arg}#{self.kind}")
 
     def text(self) -> str:
         if self.form == "call":

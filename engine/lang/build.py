@@ -313,8 +313,8 @@ class AstBuilder(Transformer_NonRecursive):
 
     @v_args(meta=True)
     def dotted_field(self, meta, items):
-        name, arg = items
-        return ast.Field(str(name), str(arg), "dotted", self._loc(meta))
+        name, *path = items
+        return ast.Field(str(name), ".".join(map(str, path)), "dotted", self._loc(meta))
 
     @v_args(meta=True)
     def list(self, meta, items):

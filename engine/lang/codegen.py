@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from . import ast
 from .check import CheckedAction, CheckedPolicy, CheckedRule
-from .schema import DECIDE_ARGS, FIELDS, METADATA_HEADER, extractor, memo_search
+from .check.expressions import is_cidr_test
+from .schema import DECIDE_ARGS, FIELDS, METADATA_HEADER, cidr_matcher, extractor, memo_search
 from .source import Location
 
 # Consecutive rules that test the same field with == or `in` are dispatched through a dict once
@@ -21,7 +22,8 @@ from .source import Location
 DISPATCH_MIN = 8
 
 RUNTIME_HELPERS = ("_Decision", "_finish", "_estimate_tokens", "_count_messages",
-                   "_parse_metadata", "_gmtime")
+                   "_parse_metadata", "_gmtime", "_tool_names", "_forces_tool", "_response_format",
+                   "_body_path", "_body_typed")
 
 
 @dataclass
@@ -131,9 +133,9 @@ class _Writer:
         used = set()
         for key in sorted(seen, key=lambda k: (k[0], k[1] or "")):
             name, arg = key
-            if name in ("header", "metadata"):
+            if name in ("header", "metadata", "body"):
                 base = re.sub(r"[^A-Za-z0-9]", "_", arg.lower())[:40]
-                local = f"{'h' if name == 'header' else 'md'}_{base}"
+                local = f"{ {'header': 'h', 'metadata': 'md', 'body': 'b'}[name] }_{base}"
                 while local in used:
                     local += "_"
             else:
@@ -290,7 +292,17 @@ class _Writer:
         left, op = self.expr(e.left), e.op
         guards = [x for x in (e.left, e.right)
                   if isinstance(x, ast.Field) and self.locals[x.key] in self.nullable]
-        if op in ("in", "not in"):
+        if op in ("in", "not in") and isinstance(e.right, ast.Field):     # "shell" in tools
+            core = f"{left} {op} {self.expr(e.right)}"
+            needs_guard = False
+        elif is_cidr_test(e):
+            values = tuple(i.value for i in e.right.items)
+            matcher = self._matchers.get(("cidr", values))
+            if matcher is None:
+                matcher = self._matchers[("cidr", values)] = cidr_matcher(values)
+            core = f"{'not ' if op == 'not in' else ''}{self.const(matcher, '_R')}({left})"
+            needs_guard = False
+        elif op in ("in", "not in"):
             items = e.right.items
             if not items:
                 core = "False" if op == "in" else "True"
@@ -339,7 +351,7 @@ def _index_key(expr: ast.Expr | None) -> _IndexKey | None:
         return None
     if first.op == "==" and isinstance(first.right, ast.Literal):
         return _IndexKey(first.left.key, (first.right.value,), rest)
-    if first.op == "in" and isinstance(first.right, ast.ListLit) and first.right.items:
+    if first.op == "in" and isinstance(first.right, ast.ListLit) and first.right.items and not is_cidr_test(first):
         return _IndexKey(first.left.key, tuple(dict.fromkeys(i.value for i in first.right.items)), rest)
     return None
 

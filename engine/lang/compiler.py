@@ -9,7 +9,10 @@ from typing import Callable
 from .check import CheckedPolicy
 from .codegen import Generated, generate
 from .decision import Decision, finish_without_route
-from .schema import count_messages, estimate_tokens, parse_metadata
+from .schema import (
+    body_path, body_typed, count_messages, estimate_tokens, forces_tool, parse_metadata,
+    response_format_type, tool_names,
+)
 
 
 @dataclass
@@ -35,6 +38,11 @@ def compile_policy(policy: CheckedPolicy, version: str) -> CompiledPolicy:
         "_count_messages": count_messages,
         "_parse_metadata": parse_metadata,
         "_gmtime": time.gmtime,
+        "_tool_names": tool_names,
+        "_forces_tool": forces_tool,
+        "_response_format": response_format_type,
+        "_body_path": body_path,
+        "_body_typed": body_typed,
         **generated.constants,
     }
     code = compile(generated.source, filename, "exec")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from . import ast
 from .check import CheckedPolicy
+from .check.expressions import is_cidr_test
 from .decision import Decision, finish_without_route
-from .schema import extractor
+from .schema import cidr_matcher, extractor
 
 
 class Interpreter:
@@ -55,7 +56,7 @@ class Interpreter:
         if isinstance(e, ast.Literal):
             return e.value
         if isinstance(e, ast.Field):
-            return extractor(e.name, e.arg).read(request)
+            return extractor(*e.key).read(request)
         if isinstance(e, ast.ListLit):
             return [i.value for i in e.items]
         if isinstance(e, ast.Not):
@@ -72,6 +73,9 @@ class Interpreter:
         if left is None or right is None:
             return False  # a comparison with a missing value is false
         op = e.op
+        if is_cidr_test(e):
+            inside = cidr_matcher(tuple(right))(left)
+            return inside if op == "in" else not inside
         if op == "in":
             return left in right
         if op == "not in":

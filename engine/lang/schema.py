@@ -37,6 +37,12 @@ FIELDS: dict[str, FieldDef] = {f.name: f for f in (
     FieldDef("metadata", "string", "dotted", False, "from the x-edgerules-metadata header"),
     FieldDef("hour", "number", "plain", False, "UTC hour, 0-23"),
     FieldDef("weekday", "number", "plain", False, "UTC weekday, 0 (Monday) - 6"),
+    FieldDef("tools", "list", "plain", False, "names of the tools the request offers: \"shell\" in tools"),
+    FieldDef("forces_tool", "bool", "plain", False, "tool_choice makes the model call a tool"),
+    FieldDef("response_format", "string", "plain", False,
+             "text, json_object or json_schema; \"\" when the request asks for none"),
+    FieldDef("body", "any", "dotted", True,
+             "any body field by path (body.metadata.team), typed by what it is compared with"),
 )}
 
 METADATA_HEADER = "x-edgerules-metadata"
@@ -133,6 +139,81 @@ def metadata_error(raw: str | None) -> str | None:
     return None if isinstance(data, dict) else f"header '{METADATA_HEADER}' must be a JSON object"
 
 
+def tool_names(body: dict) -> frozenset:
+    """The names of the tools offered, whatever the shape: OpenAI chat ({"function": {"name"}}),
+    Responses and Anthropic ({"name"})."""
+    tools = body.get("tools")
+    if tools.__class__ is not list:
+        return frozenset()
+    names = set()
+    for tool in tools:
+        if tool.__class__ is dict:
+            function = tool.get("function")
+            name = function.get("name") if function.__class__ is dict else tool.get("name")
+            if name.__class__ is str:
+                names.add(name)
+    return frozenset(names)
+
+
+def forces_tool(body: dict) -> bool:
+    """tool_choice that leaves the model no choice but a tool call (OpenAI "required" or a named
+    function; Anthropic "any" or "tool")."""
+    choice = body.get("tool_choice")
+    if choice.__class__ is str:
+        return choice in ("required", "any")
+    if choice.__class__ is dict:
+        return choice.get("type") in ("function", "any", "tool")
+    return False
+
+
+def response_format_type(body: dict) -> str:
+    """response_format.type (chat) or text.format.type (Responses); "" when absent."""
+    fmt = body.get("response_format")
+    if fmt.__class__ is not dict:
+        text = body.get("text")
+        fmt = text.get("format") if text.__class__ is dict else None
+    kind = fmt.get("type") if fmt.__class__ is dict else None
+    return kind if kind.__class__ is str else ""
+
+
+def body_path(body: dict, path: tuple):
+    """The value at a path of nested objects, or None when a step is missing or not an object."""
+    value = body
+    for step in path:
+        if value.__class__ is not dict:
+            return None
+        value = value.get(step)
+    return value
+
+
+def body_typed(value, kind: str):
+    """value when it has the type a comparison expects, else None (and the comparison is false)."""
+    cls = value.__class__
+    if kind == "string":
+        return value if cls is str else None
+    if kind == "number":
+        return value if cls is int or cls is float else None
+    if kind == "bool":
+        return value if cls is bool else None
+    return None
+
+
+def cidr_matcher(items: tuple[str, ...]):
+    """ip in [...] where an item is a network ("10.0.0.0/8"): membership, not string equality.
+    Items are validated by the checker; an address that does not parse is in no network."""
+    import ipaddress
+
+    networks = tuple(ipaddress.ip_network(i, strict=False) for i in items)
+
+    def contains(ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in networks if net.version == address.version)
+    return contains
+
+
 def utc_parts(now: float | None) -> time.struct_time:
     return time.gmtime(now)
 
@@ -203,6 +284,19 @@ def extractor(name: str, arg: str | None) -> Extractor:
     if name == "metadata":
         return Extractor(f"_meta.get({arg!r}, \"\")",
                          lambda r: parse_metadata(r["headers"].get(METADATA_HEADER)).get(arg, ""))
+    if name == "tools":
+        return Extractor("_tool_names(body)", lambda r: tool_names(r["body"]))
+    if name == "forces_tool":
+        return Extractor("_forces_tool(body)", lambda r: forces_tool(r["body"]))
+    if name == "response_format":
+        return Extractor("_response_format(body)", lambda r: response_format_type(r["body"]))
+    if name == "body":
+        dotted, _, kind = arg.partition("#")     # "metadata.team#string": see ast.Field.key
+        path = tuple(dotted.split("."))
+        if not kind:
+            return Extractor(f"_body_path(body, {path!r})", lambda r: body_path(r["body"], path))
+        return Extractor(f"_body_typed(_body_path(body, {path!r}), {kind!r})",
+                         lambda r: body_typed(body_path(r["body"], path), kind))
     if name == "hour":
         return Extractor("_utc.tm_hour", lambda r: utc_parts(r["now"]).tm_hour)
     if name == "weekday":

@@ -34,6 +34,7 @@ class _Checker(DeclarationChecks, RuleChecks, ExpressionChecks):
         self.diagnostics: list[Diagnostic] = []
         self.regexes: dict[str, object] = {}
         self.split_ids = 0
+        self.body_kinds: dict[int, str] = {}   # id(body Field) -> the type its comparison expects
         self.providers: dict[str, ProviderSpec] = {}
 
     def error(self, code: str, message: str, loc: Location | None, hint: str | None = None):

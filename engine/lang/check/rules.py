@@ -1,6 +1,7 @@
 """Checks of the rules: order (unreachable rules and actions), actions, limits, retries, targets, prices."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 
@@ -11,7 +12,7 @@ from ..spec import (
     target_leaves,
 )
 from .checked import CheckedAction, CheckedRule
-from .expressions import texts
+from .expressions import texts, with_body_kinds
 
 
 class RuleChecks:
@@ -26,16 +27,33 @@ class RuleChecks:
             if ended_by is not None:
                 self.warn("unreachable-rule", f"rule '{rule.name}' can never run",
                           rule.loc, hint=f"rule '{ended_by.name}' at {ended_by.loc} always ends the walk")
-            if rule.when is not None:
-                kind = self._expr(rule.when)
-                if kind is not None and kind != "bool":
+            when = rule.when
+            self.body_kinds.clear()
+            if when is not None:
+                kind = self._expr(when)
+                if kind == "any":
+                    self.error("type-mismatch", f"compare '{when.text()}' with a value: a body field "
+                               "is typed by what it is compared with", when.loc)
+                elif kind is not None and kind != "bool":
                     self.error("type-mismatch", f"a condition must be true or false, not a {kind}",
-                               rule.when.loc)
+                               when.loc)
             actions = self._actions(rule)
-            out.append(CheckedRule(rule.name, rule.when, actions, rule.loc))
+            if self.body_kinds:   # body fields compared anywhere in the rule get their types
+                when, actions = self._typed_body_fields(when, actions)
+            out.append(CheckedRule(rule.name, when, actions, rule.loc))
             if ended_by is None and rule.when is None and any(a.terminal for a in actions):
                 ended_by = rule
         return tuple(out)
+
+    def _typed_body_fields(self, when, actions):
+        kinds = self.body_kinds
+
+        def typed(exprs):
+            return tuple(with_body_kinds(e, kinds) for e in exprs)
+        actions = tuple(dataclasses.replace(a, by=typed(a.by),
+                                            sticky=tuple((nid, typed(exprs)) for nid, exprs in a.sticky))
+                        for a in actions)
+        return (with_body_kinds(when, kinds) if when is not None else None), actions
 
     def _actions(self, rule: ast.Rule) -> tuple[CheckedAction, ...]:
         out = []

@@ -1,5 +1,5 @@
 # edgerules policy f099c198ae8b: generated code, do not edit.
-# Runtime helpers: _Decision, _finish, _estimate_tokens, _count_messages, _parse_metadata, _gmtime; constants _K*, patterns _R*, dispatch _D*.
+# Runtime helpers: _Decision, _finish, _estimate_tokens, _count_messages, _parse_metadata, _gmtime, _tool_names, _forces_tool, _response_format, _body_path, _body_typed; constants _K*, patterns _R*, dispatch _D*.
 
 def _b1_0(d, m, model, stream, temperature):
     # dispatch.rules:4: rule alias_a
