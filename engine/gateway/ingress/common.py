@@ -99,7 +99,8 @@ class Exchange:
         if call.stream:
             stream = await provider.chat_stream(self.chat, model, timeout)
             translator = ingress.stream_translator(self.raw, model, call)
-            return UpstreamStream(_translated(stream, translator), stream.aclose)
+            # The release must be synchronous: the inner stream's own (its connection's close).
+            return UpstreamStream(_translated(stream, translator), getattr(stream, "_release", None))
         answer = await provider.chat(self.chat, model, timeout)
         data = ingress.from_chat(answer.json(), self.raw, model)
         return UpstreamResponse(200, orjson.dumps(data), data)
@@ -136,23 +137,26 @@ def _native_answer(provider, raw: bytes) -> dict:
 
 
 async def _translated(stream: UpstreamStream, translator: ChatStreamTranslator) -> AsyncIterator[bytes]:
-    async for blob in stream:
-        out = []
-        for event in blob.split(b"\n\n"):
-            if not event.startswith(b"data: "):
-                continue
-            data = event[6:]
-            if data == b"[DONE]":
-                out += translator.close()
-                continue
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise ProviderError(502, "a provider's stream event is not JSON", kind="stream") from None
-            if isinstance(chunk, dict):
-                out += translator.feed(chunk)
-        if out:
-            yield b"".join(out)
+    try:
+        async for blob in stream:
+            out = []
+            for event in blob.split(b"\n\n"):
+                if not event.startswith(b"data: "):
+                    continue
+                data = event[6:]
+                if data == b"[DONE]":
+                    out += translator.close()
+                    continue
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise ProviderError(502, "a provider's stream event is not JSON", kind="stream") from None
+                if isinstance(chunk, dict):
+                    out += translator.feed(chunk)
+            if out:
+                yield b"".join(out)
+    finally:
+        await stream.aclose()   # closing this generator closes the provider's stream now
 
 
 async def _native_events(ingress: Ingress, provider, resp, timeout: float, call) -> AsyncIterator[bytes]:
