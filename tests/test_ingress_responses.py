@@ -2,12 +2,13 @@
 upstream (passed through) and an anthropic-format upstream (translated through chat completions)."""
 from __future__ import annotations
 
+import httpx
 import openai
 import orjson
 import pytest
 
 from gw import start_gateway
-from procs import start_upstream
+from procs import ESTABLISHED, client_connections, start_upstream, wait_until
 
 POLICY = """
 provider oa { format openai url "{oa}" api_key "sk-oa-test" }
@@ -195,3 +196,20 @@ def test_text_format_json_schema(setup, model):
     if model == "via-anthropic":   # carried as chat's response_format, which the provider maps
         sent = setup["an"].stats()["last_body"]
         assert sent["tools"][0]["input_schema"] == SCHEMA and sent["tool_choice"]["type"] == "tool"
+
+
+@pytest.mark.parametrize("fmt", ["openai", "anthropic"])
+def test_a_client_leaving_mid_stream_closes_the_upstream_stream(upstreams, gateways, fmt):
+    """Translated (anthropic) or passed through (openai), the upstream's slow stream is cut as soon
+    as the client goes: no connection left generating for nobody."""
+    up = upstreams("--format", fmt)
+    gw = gateways(f'provider p {{ format {fmt} url "{up.url}" }}\nrule r {{ route p/m }}')
+    up.control(chunk_delay="0.2s")
+    with httpx.Client(base_url=gw.url, trust_env=False, timeout=60) as http:
+        body = {"model": "m", "input": "a fairly long answer in many many pieces", "stream": True}
+        with http.stream("POST", "/v1/responses", json=body) as held:
+            lines = held.iter_lines()
+            assert held.status_code == 200 and next(lines) == "event: response.created"
+            assert ESTABLISHED in client_connections(up.port, gw.pid)
+    wait_until(lambda: ESTABLISHED not in client_connections(up.port, gw.pid),
+               what="the gateway to close its connection to the upstream")
