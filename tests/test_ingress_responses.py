@@ -119,6 +119,21 @@ def test_function_tool_streamed(setup, model):
     assert [i.arguments for i in final.output if i.type == "function_call"] == [deltas]
 
 
+def test_an_agent_history_is_one_assistant_turn_for_anthropic(setup):
+    """What the Agents SDK sends back: the answer's message item, its function calls, their outputs."""
+    client(setup).responses.create(model="via-anthropic", tools=[TOOL], input=[
+        {"role": "user", "content": "weather in Paris and Rome?"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "checking"}]},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+        {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": '{"city":"Rome"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        {"type": "function_call_output", "call_id": "c2", "output": "rainy"}])
+    user, assistant, results = setup["an"].stats()["last_body"]["messages"]
+    assert [b["type"] for b in assistant["content"]] == ["text", "tool_use", "tool_use"]
+    assert [b["input"] for b in assistant["content"][1:]] == [{"city": "Paris"}, {"city": "Rome"}]
+    assert [(b["tool_use_id"], b["content"]) for b in results["content"]] == [("c1", "sunny"), ("c2", "rainy")]
+
+
 def test_tools_reach_anthropic_as_its_tools(setup):
     client(setup).responses.create(model="via-anthropic", input="hi", tools=[TOOL], tool_choice="auto")
     sent = setup["an"].stats()["last_body"]

@@ -143,8 +143,9 @@ def _add_item(messages: list, item: dict, where: str, refused: list[str]) -> Non
         call = {"id": item.get("call_id") or "", "type": "function",
                 "function": {"name": item.get("name") or "", "arguments": item.get("arguments") or ""}}
         last = messages[-1] if messages else None
-        if last is not None and last["role"] == "assistant" and "tool_calls" in last:
-            last["tool_calls"].append(call)   # parallel calls: one assistant turn
+        if last is not None and last["role"] == "assistant":
+            # The text before the calls and parallel calls: one assistant turn, as chat has it.
+            last.setdefault("tool_calls", []).append(call)
         else:
             messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
     elif kind == "function_call_output":
