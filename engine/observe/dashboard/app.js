@@ -291,7 +291,8 @@
     const warnings = policy.warnings || [];
     text(host.appendChild(document.createElement("h3")), `Warnings (${warnings.length})`);
     if (!warnings.length) text(host.appendChild(document.createElement("div")), "none").className = "muted small";
-    for (const w of warnings.slice(0, 8)) host.appendChild(diagnostic(w, "warning"));
+    for (const w of warnings.slice(0, 3)) host.appendChild(diagnostic(w, "warning"));
+    if (warnings.length > 3) text(host.appendChild(document.createElement("div")), `and ${warnings.length - 3} more (GET /admin/policy)`).className = "muted small";
   }
 
   // ---- requests table --------------------------------------------------------------------
@@ -322,7 +323,7 @@
       cell(tr, fmtMs(r.latency_ms), "r");
       cell(tr, r.input_tokens == null ? "–" : fmtInt((r.input_tokens || 0) + (r.output_tokens || 0)), "r");
       cell(tr, r.cost_usd == null ? "–" : fmtUSD(r.cost_usd), "r");
-      cell(tr, (r.id || "").slice(0, 12), "mono");
+      cell(tr, (r.id || "").slice(-12), "mono");
     }
     text($("requests-note"), `${fmtInt(Math.min(shown.length, 200))} shown of ${fmtInt(shown.length)} matching, ${fmtInt(state.rows.length)} loaded`);
   }

@@ -107,13 +107,18 @@
       const pts = [];
       s.values.forEach((v, i) => {
         if (v == null) return;
-        pts.push([f.left + (plotW * (i + 0.5)) / n, f.top + plotH - (plotH * v) / max, v, labels[i]]);
+        pts.push([f.left + (plotW * (i + 0.5)) / n, f.top + plotH - (plotH * v) / max, v, labels[i], i]);
       });
-      if (pts.length > 1) {
-        svg("polyline", { points: pts.map(p => `${p[0].toFixed(1)},${p[1].toFixed(1)}`).join(" "),
-                          fill: "none", stroke: s.color || color(k), "stroke-width": 2,
-                          "stroke-linejoin": "round", class: "line" }, f.root);
-      }
+      // one polyline per run of consecutive buckets: an empty bucket is a gap, not a slope
+      let run = [];
+      const flush = () => {
+        if (run.length > 1) svg("polyline", { points: run.map(p => `${p[0].toFixed(1)},${p[1].toFixed(1)}`).join(" "),
+                                              fill: "none", stroke: s.color || color(k), "stroke-width": 2,
+                                              "stroke-linejoin": "round", class: "line" }, f.root);
+        run = [];
+      };
+      pts.forEach((p, j) => { if (j && p[4] !== pts[j - 1][4] + 1) flush(); run.push(p); });
+      flush();
       pts.forEach(p => {
         const dot = svg("circle", { cx: p[0], cy: p[1], r: 2.6, fill: s.color || color(k), class: "point" }, f.root);
         title(dot, `${fmtX(p[3])} · ${s.name}: ${fmt(p[2])}`);
