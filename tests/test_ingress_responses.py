@@ -88,6 +88,12 @@ def test_stream_helper_assembles_the_answer(setup):
             pass
         final = stream.get_final_response()
     assert "assemble me" in final.output_text
+    with client(setup).responses.stream(model="via-anthropic", input="weather?", tools=[TOOL]) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_response()
+    [call] = [item for item in final.output if item.type == "function_call"]
+    assert call.name == "get_weather" and orjson.loads(call.arguments) == {"city": "example"}
 
 
 @pytest.mark.parametrize("model", MODELS)
