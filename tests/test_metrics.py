@@ -68,6 +68,8 @@ def test_genai_series_after_real_requests(gateway, upstream):
     inputs = got[f'gen_ai_client_token_usage_sum{{{genai},gen_ai_token_type="input"}}']
     outputs = got[f'gen_ai_client_token_usage_sum{{{genai},gen_ai_token_type="output"}}']
     assert inputs > 0 and outputs > 0
+    # the stream's usage counts too (the request log asks the upstream for it)
+    assert got[f'gen_ai_client_token_usage_count{{{genai},gen_ai_token_type="input"}}'] == 3
     assert got[f'gen_ai_client_operation_time_to_first_chunk_seconds_count{{{genai}}}'] == 1
     # the 429 of the limit: an error_type, and the rule that refused it
     assert got['gen_ai_client_operation_duration_seconds_count{gen_ai_operation_name="chat",'
