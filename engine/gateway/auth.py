@@ -25,7 +25,8 @@ class KeyRing:
         if not self.entries:
             return ""
         if not authorization:
-            raise GatewayError(401, "missing API key: send 'Authorization: Bearer <key>'",
+            raise GatewayError(401, "missing API key: send 'Authorization: Bearer <key>' "
+                               "('x-api-key: <key>' also works on /v1/messages)",
                                code="missing_api_key")
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
