@@ -164,8 +164,8 @@ def test_what_chat_cannot_carry_is_a_400_naming_it(setup):
         client(setup).responses.create(model="via-anthropic", input="hi", tools=[{"type": "web_search"}])
     assert "tools[0]" in err.value.message and "web_search" in err.value.message
     with pytest.raises(openai.BadRequestError) as err:
-        client(setup).responses.create(model="via-anthropic", input="hi", extra_body={"prompt_cache_key": "k"})
-    assert "'prompt_cache_key'" in err.value.message
+        client(setup).responses.create(model="via-anthropic", input="hi", top_logprobs=3)
+    assert "'top_logprobs'" in err.value.message
 
 
 def test_policy_reads_max_output_tokens_as_max_tokens(setup):

@@ -9,7 +9,8 @@ from .common import ChatStreamTranslator, Ingress, arguments_object, bad, chat_u
 
 # Fields a chat completion carries; any other top-level field is refused by name when translated.
 _CARRIED = frozenset({"model", "messages", "system", "max_tokens", "temperature", "top_p", "stop_sequences",
-                      "stream", "metadata", "tools", "tool_choice"})
+                      "stream", "metadata", "tools", "tool_choice",
+                      "service_tier"})   # a hint about the provider's service: dropped (docs/api.md)
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
          "content_filter": "refusal"}
 # Hints with no meaning to another provider; dropped when translated (docs/api.md says so).

@@ -9,7 +9,10 @@ from .common import ChatStreamTranslator, Ingress, bad, chat_usage, check_types,
 # Fields a chat completion carries; any other top-level field is refused by name when translated.
 _CARRIED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "stream", "text",
                       "max_output_tokens", "temperature", "top_p", "user", "parallel_tool_calls",
-                      "metadata", "store", "include", "truncation"})
+                      "metadata", "store", "include", "truncation",
+                      # hints about the provider's service, not the answer: dropped (docs/api.md)
+                      "prompt_cache_key", "prompt_cache_retention", "safety_identifier", "service_tier",
+                      "stream_options"})
 _TYPES = {"input": (str, list), "instructions": (str,), "tools": (list,), "tool_choice": (str, dict),
           "stream": (bool,), "text": (dict,), "max_output_tokens": (int,), "temperature": (int, float),
           "top_p": (int, float), "user": (str,), "parallel_tool_calls": (bool,), "metadata": (dict,),
