@@ -25,7 +25,6 @@ class Ingress:
     native: frozenset = frozenset()  # provider formats that get the body as sent
     named_events = False            # SSE events carry `event: <type>` lines
     final_events: frozenset = frozenset()   # the event types that end a whole stream ([DONE] if none)
-    translates = True               # False: only a native provider can serve it
     # Fields of the body as sent that the chat form restates: left out of what the policy reads
     # (the chat form's messages already hold a Responses `input`; counting both would double it).
     restated: frozenset = frozenset()

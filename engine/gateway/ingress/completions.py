@@ -12,7 +12,6 @@ _TYPES = {"prompt": (str, list), "max_tokens": (int,), "temperature": (int, floa
 class CompletionsIngress(Ingress):
     path = "/completions"
     native = frozenset({"openai"})
-    translates = False
 
     def validate(self, body: dict) -> None:
         require_model(body)
