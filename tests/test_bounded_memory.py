@@ -74,7 +74,9 @@ def test_distinct_model_names_leave_series_and_rss_bounded(gateway):
     print(f"\n{len(names)} distinct model names: {len(lines)} series (was {before_series}), "
           f"RSS {before / MiB:.1f} -> {after / MiB:.1f} MiB ({grown:+.1f})")
     requests_series = [line for line in lines if line.startswith("edgerules_requests_total{")]
-    assert len(lines) < 60, lines[:20]
+    # The warm-up already produced every label value this policy can give (its routes, `other`),
+    # so the flood adds no series at all; a few histogram buckets may fill in for the first time.
+    assert len(lines) <= before_series + 40, sorted(set(lines))[:20]
     assert any('route="demo/other"' in line for line in requests_series), requests_series
     assert any('route="other/other"' in line for line in requests_series), requests_series
     assert not any(PAD in line for line in lines)
