@@ -174,6 +174,8 @@ async def model_info(request: Request) -> Response:
     except GatewayError as err:
         return error_response(err)
     model = request.path_params["model"]
+    if not model:     # `/v1/models/`: a trailing slash, not an empty id (never a redirect)
+        return error_response(GatewayError(404, "no such endpoint: GET /v1/models/", code="not_found"))
     headers = {"x-edgerules-policy": live.policy.version}
     if model not in live.policy.model_ids():
         return error_response(GatewayError(404, f"The model '{model}' does not exist", param="model",
