@@ -173,10 +173,11 @@ async def _forward(gw: "Gateway", call: Call) -> Response:
     requested = call.body.get("model") or ""
     now = time.monotonic()
     target = call.target
+    health = gw.health if call.live.health is None else call.live.health   # a canary has its own
     if target.__class__ is Single:   # the common case needs no planning
         attempts = [(target.provider, resolve_model(target, requested))]
     else:
-        attempts = plan(target, requested, d.route_by, gw.health, now, gw.rng)
+        attempts = plan(target, requested, d.route_by, health, now, gw.rng)
     retry = d.retry
     last: ProviderError | None = None
     deadline_hit = False
@@ -209,7 +210,7 @@ async def _forward(gw: "Gateway", call: Call) -> Response:
                     deadline_hit = True
                 gw.metrics.upstream(provider_name, exc.kind if exc.kind != "status" else str(exc.status))
                 if _counts_as_failure(exc):
-                    if gw.health.of(provider_name).record_failure(spec, time.monotonic()):
+                    if health.of(provider_name).record_failure(spec, time.monotonic()):
                         log.warning("circuit for provider '%s' opened for %gs after %d failures",
                                     provider_name, spec.cooldown, spec.failures)
                 if _is_client_error(exc):
@@ -217,7 +218,7 @@ async def _forward(gw: "Gateway", call: Call) -> Response:
                 if deadline_hit or not is_retryable(retry, exc.upstream_status or exc.status, exc.kind):
                     break
                 continue
-            gw.health.of(provider_name).record_success(model, time.monotonic() - t0)
+            health.of(provider_name).record_success(model, time.monotonic() - t0)
             if gw.tracer is not None:
                 _note_attempt(call, provider_name, model, t0, "")
             gw.metrics.upstream(provider_name, "ok")

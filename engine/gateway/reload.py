@@ -102,6 +102,21 @@ class Reloader:
         log.error("policy reload (%s) failed; still serving %s:\n%s", reason, live, exc)
         return {"ok": False, "version": live, "error": self.gw.last_error}
 
+    async def follow(self, path: str, swap):
+        """Run swap() (a canary's promotion) between reloads; unless it returns None, reload from
+        `path` from now on: the watcher moves there, and the poller compares its files with the live version."""
+        async with self._lock:
+            result = swap()
+            if result is None:
+                return None
+            self.path, self._failed_version = path, None
+            self.gw.last_error = None
+            if self._tasks:
+                watch = self._tasks[0]
+                watch.cancel()
+                self._tasks[0] = asyncio.get_running_loop().create_task(self._watch())
+            return result
+
     # ---- triggers -------------------------------------------------------------------------
 
     def start(self, watch: bool, on_sighup=None) -> None:

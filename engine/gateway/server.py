@@ -28,6 +28,7 @@ from .errors import GatewayError, error_response
 from ..observe import admin as observe_admin
 from ..observe.requestlog import capture_stream, cost_of, failure_row, open_request_log, request_id
 from ..observe.store import probe_store, resolve_uri
+from . import canary as canary_admin
 from .pipeline import Call, forward
 from .reload import Reloader
 from .settings import BY_NAME
@@ -75,14 +76,14 @@ async def completions(request: Request) -> Response:
 
 async def _handle(request: Request, kind: str, ingress: Ingress | None = None) -> Response:
     gw: Gateway = request.app.state.gw
-    live = gw.begin()
     call: Call | None = None
     scope = request.scope
     headers = header_dict(scope)
     rid = request_id(headers.get("x-request-id"))
+    credential = headers.get("authorization") if ingress is None else ingress.credential(headers)
+    live = gw.begin() if gw.canary is None else gw.begin_picked(credential, scope.get("client"))
     try:
-        key = live.keyring.authenticate(headers.get("authorization") if ingress is None
-                                        else ingress.credential(headers))
+        key = live.keyring.authenticate(credential)
         body = await read_json(request, gw.max_body, headers.get("content-length"))
         exchange = None if ingress is None else ingress.accept(body)
         if exchange is None:
@@ -99,6 +100,8 @@ async def _handle(request: Request, kind: str, ingress: Ingress | None = None) -
         call.receive = request.receive   # the body is read: the channel now only tells of a disconnect
         call.ingress = exchange
         call.request_id, call.path = rid, scope["path"]
+        if live.canary:
+            call.extra_headers["x-edgerules-canary"] = "true"
         if gw.request_log is not None and call.stream and decision.log != "none":
             capture_stream(call)
         if decision.deny is not None:
@@ -143,9 +146,12 @@ async def _fail(gw: Gateway, live, call: Call | None, err: GatewayError, rid: st
         if gw.request_log is not None:
             gw.request_log.add(failure_row(rid, path, err.status, err.code, err.message, live.policy.version,
                                            time.time()))
-        return error_response(err, {"x-edgerules-policy": live.policy.version,
-                                    "x-edgerules-cache": "BYPASS", "x-edgerules-attempts": "0",
-                                    "x-edgerules-route": "", "x-edgerules-rules": "", "x-request-id": rid})
+        headers = {"x-edgerules-policy": live.policy.version, "x-edgerules-cache": "BYPASS",
+                   "x-edgerules-attempts": "0", "x-edgerules-route": "", "x-edgerules-rules": "",
+                   "x-request-id": rid}
+        if live.canary:
+            headers["x-edgerules-canary"] = "true"
+        return error_response(err, headers)
     call.status, call.error, call.error_code = err.status, err.message, err.code
     await gw.finish(call)
     return error_response(err, call.headers())
@@ -240,6 +246,11 @@ async def admin_policy(request: Request) -> Response:
         "last_error": gw.last_error,
         "health": gw.health.snapshot(),
         "request_log": gw.request_log.status() if gw.request_log is not None else None,
+        "stable": {"version": policy.version, "path": policy.path,
+                   "percent": 100 - gw.canary.percent if gw.canary else 100,
+                   **(gw.canary.stable_status() if gw.canary else {})},
+        "canary": gw.canary.status() if gw.canary else None,
+        "last_canary": gw.last_canary,
     })
 
 
@@ -321,6 +332,11 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         gw.request_log = await open_request_log(resolve_uri(env["log_store"], rules), queue=env["log_queue"],
                                                 retention=env["log_retention"], max_rows=env["log_max_rows"],
                                                 required=env["log_store"].lower() != "auto")
+        if env["canary"]:
+            canary = gw.start_canary(load_policy(env["canary"]), env["canary_percent"],
+                                     env["canary_max_error_rate"], env["canary_min_requests"])
+            log.info("canary %s loaded from %s: %g%% of traffic", canary.live.policy.version, env["canary"],
+                     canary.percent)
         reloader = Reloader(gw, rules)
         fanout = workers.WorkerFanout(fanout_dir, reloader) if fanout_dir else None
         app.state.gw, app.state.reloader, app.state.fanout = gw, reloader, fanout
@@ -356,6 +372,9 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         Route("/metrics", metrics, methods=["GET"]),
         Route("/admin/policy", admin_policy, methods=["GET"]),
         Route("/admin/reload", admin_reload, methods=["POST"]),
+        Route("/admin/canary", _admin(canary_admin.start), methods=["POST"]),
+        Route("/admin/canary", _admin(canary_admin.drop), methods=["DELETE"]),
+        Route("/admin/canary/promote", _admin(canary_admin.promote), methods=["POST"]),
         *dashboard.routes(_dashboard_guard),
         Route("/admin/usage", _admin(observe_admin.usage), methods=["GET"]),
         Route("/admin/requests", _admin(observe_admin.requests_page), methods=["GET"]),
@@ -409,6 +428,12 @@ def serve(args) -> int:
     if policy.warnings:
         from ..lang.errors import render_all
         print(render_all(policy.warnings, policy.sources), file=sys.stderr)
+    if values["canary"]:
+        try:
+            load_policy(values["canary"])   # the canary too: a broken one never starts serving
+        except PolicyError as exc:
+            print(f"edgerules serve: the canary policy ({values['canary']}) did not load:\n{exc}", file=sys.stderr)
+            return 1
     if (problem := probe_store(values["log_store"], values["rules"])) is not None:
         print(f"edgerules serve: {problem}", file=sys.stderr)
         return 2

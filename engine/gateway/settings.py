@@ -70,6 +70,24 @@ def _size(text: str) -> int:
     return value
 
 
+def _percent(text: str) -> float:
+    from .canary import parse_percent
+    try:
+        return parse_percent(float(text))
+    except ValueError:
+        raise ValueError(f"not a percentage (0-100): {text!r}") from None
+
+
+def _error_rate(text: str) -> float | None:
+    from .canary import parse_error_rate
+    if not text.strip():
+        return None
+    try:
+        return parse_error_rate(float(text))
+    except ValueError:
+        raise ValueError(f"not a fraction from 0 to 1 (0.05 is five points): {text!r}") from None
+
+
 def _log_store(text: str) -> str:
     from ..observe.store import check_uri
     return check_uri(text)
@@ -94,6 +112,8 @@ class Setting:
         """The value as the environment carries it to worker processes."""
         if isinstance(value, bool):
             return "1" if value else "0"
+        if value is None:
+            return ""
         return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -145,6 +165,16 @@ SETTINGS = (
             "request log rows older than this are deleted (e.g. 30d, 12h)", "AGE"),
     Setting("log_max_rows", "--log-max-rows", "EDGERULES_LOG_MAX_ROWS", "1000000", _positive,
             "the request log keeps at most this many rows (the oldest go first)", "N"),
+    Setting("canary", "--canary", "EDGERULES_CANARY", "", str,
+            "a second policy served to --canary-percent of traffic (sticky by key, by client address "
+            "when open); off when empty", "PATH"),
+    Setting("canary_percent", "--canary-percent", "EDGERULES_CANARY_PERCENT", "5", _percent,
+            "the canary's share of traffic, 0-100", "N"),
+    Setting("canary_max_error_rate", "--canary-max-error-rate", "EDGERULES_CANARY_MAX_ERROR_RATE", "",
+            _error_rate, "drop the canary when its 5xx rate exceeds the stable's by this much (e.g. 0.05); "
+            "off when empty", "R"),
+    Setting("canary_min_requests", "--canary-min-requests", "EDGERULES_CANARY_MIN_REQUESTS", "50", _positive,
+            "canary requests before --canary-max-error-rate is judged", "N"),
     Setting("log_queue", "--log-queue", "EDGERULES_LOG_QUEUE", "10000", _positive,
             "request log rows waiting to be written; past it rows are dropped and counted", "N"),
 )

@@ -31,6 +31,8 @@ class Live:
     inflight: int = 0
     retired: bool = False
     orphans: list[Provider] = field(default_factory=list)   # to close once inflight drops to 0
+    canary: bool = False
+    health: Health | None = None   # a canary's own breakers and latencies; None: the gateway's
 
 
 class Gateway:
@@ -46,6 +48,8 @@ class Gateway:
         self.last_error: dict | None = None
         self.tracer = None    # edgerules.observe.traces.Tracer, with --otel-endpoint
         self.request_log = None   # edgerules.observe.requestlog.RequestLog, when a log store is set
+        self.canary = None        # edgerules.gateway.canary.Canary while one is served
+        self.last_canary: dict | None = None   # how the last canary ended
 
     # ---- policy swaps -------------------------------------------------------------------
 
@@ -65,8 +69,8 @@ class Gateway:
                 changed["added" if prev is None else "replaced"].append(name)
         changed["removed"] = [n for n in old_providers if n not in policy.providers]
         live = Live(policy, providers, KeyRing(policy.keys))
-        self.metrics.know(policy.models(), policy.providers, policy.model_ids())
         self.live = live
+        self._know()
         self.health.forget(policy.providers)
         if old is not None:
             keep = {id(p) for p in providers.values()}
@@ -79,6 +83,68 @@ class Gateway:
         live = self.live
         live.inflight += 1
         return live
+
+    def begin_picked(self, credential: str | None, client) -> Live:
+        """begin() while a canary is served: the canary's Live for its share of keys (or addresses)."""
+        canary = self.canary
+        live = canary.pick(self.live, credential, client[0] if client else "") if canary else self.live
+        live.inflight += 1
+        return live
+
+    # ---- the canary ---------------------------------------------------------------------
+
+    def start_canary(self, policy: Policy, percent: float, max_error_rate: float | None = None,
+                     min_requests: int = 50):
+        """Serve `policy` to `percent` of traffic beside the stable one (replacing any canary).
+
+        Its providers are its own clients with their own breakers, even where a name matches a
+        stable provider: a canary pointing `openai` elsewhere must not open the stable's circuit."""
+        from .canary import Canary
+
+        live = Live(policy, {name: build_provider(spec) for name, spec in policy.providers.items()},
+                    KeyRing(policy.keys), canary=True, health=Health())
+        if self.canary is not None:
+            self._end_canary("replaced", f"replaced by {policy.version}")
+        self.canary = Canary(live, percent, max_error_rate, min_requests)
+        self._know()
+        return self.canary
+
+    def promote_canary(self) -> str:
+        """The canary becomes the live policy, keeping its provider clients."""
+        canary, old = self.canary, self.live
+        self.last_canary = canary.outcome("promoted", f"replaced {old.policy.version}")
+        self.canary = None
+        live = canary.live
+        # From here on the gateway's breakers (keyed by provider name, shared with --state redis://)
+        # serve it, as they serve a reloaded policy.
+        live.canary, live.health = False, None
+        self.live = live
+        self.health.forget(live.policy.providers)
+        self._know()
+        old.orphans, old.retired = list(old.providers.values()), True
+        self._maybe_close(old)
+        return live.policy.version
+
+    def drop_canary(self, what: str, reason: str) -> None:
+        self._end_canary(what, reason)
+        self._know()
+
+    def _end_canary(self, what: str, reason: str) -> None:
+        canary, self.canary = self.canary, None
+        self.last_canary = canary.outcome(what, reason)
+        log_fn = log.warning if what == "auto-dropped" else log.info
+        log_fn("canary %s %s: %s; every request goes to %s", canary.live.policy.version, what, reason,
+               self.live.policy.version)
+        live = canary.live
+        live.orphans, live.retired = list(live.providers.values()), True
+        self._maybe_close(live)
+
+    def _know(self) -> None:
+        """The metrics' label values: what the live policy names, and the canary's too."""
+        policies = [self.live.policy] + ([self.canary.live.policy] if self.canary else [])
+        self.metrics.know([m for p in policies for m in p.models()],
+                          {n: s for p in policies for n, s in p.providers.items()},
+                          [m for p in policies for m in p.model_ids()])
 
     def end(self, live: Live) -> None:
         live.inflight -= 1
@@ -95,6 +161,9 @@ class Gateway:
     async def close(self) -> None:
         if self.live is not None:
             for provider in self.live.providers.values():
+                await provider.close()
+        if self.canary is not None:
+            for provider in self.canary.live.providers.values():
                 await provider.close()
         if self.limiter is not None:
             await self.limiter.close()
@@ -115,6 +184,9 @@ class Gateway:
         status = status or call.status
         seconds = time.monotonic() - call.started
         d = call.decision
+        canary = self.canary
+        if canary is not None and (verdict := canary.tally(call.live, status)) is not None:
+            self.drop_canary("auto-dropped", verdict)
         self.metrics.request(call.route, status, call.cache, seconds, d.tags if d else ())
         self.metrics.operation(call, status, seconds, call.usage if call.route else None, _price(call))
         if self.tracer is not None:
@@ -130,6 +202,8 @@ class Gateway:
             "tags": list(d.tags) if d else [], "ms": round(seconds * 1000, 2),
             "policy": call.live.policy.version,
         }
+        if call.live.canary:
+            entry["canary"] = True
         if call.usage:
             entry["usage"] = call.usage
         if call.error:
