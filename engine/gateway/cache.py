@@ -1,5 +1,6 @@
-"""The exact-match response cache: in-process cachetools, bounded by entries and bytes, with one
-upstream call per key at a time (single flight)."""
+"""The exact-match response cache, bounded by entries and bytes, with one upstream call per key at a
+time (single flight): in-process cachetools on `memory://`, Redis on `--state redis://` (every
+instance shares the entries and the single flight; when Redis fails, requests go upstream: BYPASS)."""
 from __future__ import annotations
 
 import asyncio
@@ -66,18 +67,21 @@ def cache_directives(value: str | None) -> tuple[bool, bool]:
 
 
 class ResponseCache:
-    def __init__(self, state_uri: str, gw, *, max_entries: int | None = None, max_bytes: int | None = None):
-        # Shared state (a redis:// URI) is for limits; the cache stays in this process.
+    def __init__(self, state_uri: str, gw, *, shared=None, max_entries: int | None = None,
+                 max_bytes: int | None = None):
         self.gw = gw
         self.max_entries = max_entries or int(os.environ.get(ENV_MAX_ENTRIES, DEFAULT_MAX_ENTRIES))
         self.max_bytes = max_bytes or parse_size(os.environ.get(ENV_MAX_BYTES, str(DEFAULT_MAX_BYTES)))
         self.entries = TLRUCache(self.max_bytes, _expires, time.monotonic, _size)
         self.inflight: dict[bytes, asyncio.Future] = {}
+        self.remote = RemoteEntries(shared, self.max_entries, self.max_bytes) if shared is not None else None
 
     async def serve(self, call, producer, request_headers) -> Response:
         """The answer from the cache, or from `producer()` (the upstream) stored on the way out."""
         no_cache, no_store = cache_directives(request_headers.get("cache-control"))
         key = cache_key(call)
+        if self.remote is not None:
+            return await self._serve_shared(call, producer, key, no_cache, no_store)
         while not no_cache:
             entry = self.entries.get(key)
             if entry is not None:
@@ -100,9 +104,36 @@ class ResponseCache:
             raise GatewayError(504, f"the request's deadline of {call.decision.deadline:g}s passed while "
                                     f"waiting for an identical request", code="deadline_exceeded") from None
 
-    async def _lead(self, call, producer, key: bytes, no_cache: bool, no_store: bool) -> Response:
-        done: asyncio.Future | None = None
-        if not no_cache:
+    async def _serve_shared(self, call, producer, key: bytes, no_cache: bool, no_store: bool) -> Response:
+        """As serve(), on Redis: requests of this process wait on one local leader, which claims the
+        key across instances (a lock with a short TTL) or waits for the instance that holds it."""
+        while not no_cache:
+            leader = self.inflight.get(key)
+            if leader is None:
+                break
+            entry = await self._follow(call, leader)
+            if entry is not None:
+                return self._hit(call, entry)
+        done = None if no_cache else self.inflight.setdefault(key, asyncio.get_running_loop().create_future())
+        token = None
+        try:
+            if not no_cache:
+                entry, token = await self.remote.claim(key, call.deadline_at, call.decision.deadline)
+                if entry is not None:
+                    self._resolve(key, done, entry)
+                    return self._hit(call, entry)
+        except RemoteDown:
+            self._resolve(key, done, None)
+            call.cache = "BYPASS"   # Redis is down: answer from upstream, store nothing
+            return await producer()
+        except BaseException:
+            self._resolve(key, done, None)
+            raise
+        return await self._lead(call, producer, key, no_cache, no_store, done=done, token=token)
+
+    async def _lead(self, call, producer, key: bytes, no_cache: bool, no_store: bool, *,
+                    done: asyncio.Future | None = None, token: bytes | None = None) -> Response:
+        if not no_cache and done is None:
             done = self.inflight[key] = asyncio.get_running_loop().create_future()
         call.cache = "BYPASS" if no_cache else "MISS"
         assembler = None
@@ -113,19 +144,20 @@ class ResponseCache:
             response = await producer()
         except BaseException:
             self._resolve(key, done, None)
+            await self._unlock(key, token)
             raise
         if getattr(response, "body_iterator", None) is None:
             entry = self._entry(call, response.body) if response.status_code == 200 else None
-            self._finish(key, done, entry, no_store)
+            await self._finish(key, done, entry, no_store, token)
             return response
-        watched = self._watch(call, response.body_iterator, assembler, key, done, no_store)
+        watched = self._watch(call, response.body_iterator, assembler, key, done, no_store, token)
         # A stream the server never starts (its client left first) never runs its `finally`:
         # the followers must not wait on it until their deadline.
         weakref.finalize(watched, self._resolve, key, done, None)
         response.body_iterator = watched
         return response
 
-    async def _watch(self, call, events, assembler: StreamAssembler | None, key, done, no_store: bool):
+    async def _watch(self, call, events, assembler: StreamAssembler | None, key, done, no_store: bool, token):
         """Relay a live stream; once it ended whole, store it assembled and wake the followers."""
         entry = None
         try:
@@ -135,15 +167,23 @@ class ResponseCache:
                 entry = self._entry(call, orjson.dumps(assembler.completion()))
         finally:
             await events.aclose()
-            self._finish(key, done, entry, no_store)
+            await self._finish(key, done, entry, no_store, token)
 
     def _entry(self, call, body: bytes) -> Entry:
         return Entry(body, call.route, float(call.decision.cache.ttl))
 
-    def _finish(self, key: bytes, done, entry: Entry | None, no_store: bool) -> None:
+    async def _finish(self, key: bytes, done, entry: Entry | None, no_store: bool, token=None) -> None:
         if entry is not None and not no_store:
-            self.store(key, entry)
+            if self.remote is None:
+                self.store(key, entry)
+            else:
+                await self.remote.store(key, entry)
         self._resolve(key, done, entry)
+        await self._unlock(key, token)
+
+    async def _unlock(self, key: bytes, token: bytes | None) -> None:
+        if token is not None:
+            await self.remote.unlock(key, token)
 
     def _resolve(self, key: bytes, done, entry: Entry | None) -> None:
         if done is None:
@@ -177,3 +217,102 @@ class ResponseCache:
                 yield event
         finally:
             await self.gw.finish(call)   # as a live stream does when its last event is sent
+
+
+# ---- shared entries (--state redis://) -----------------------------------------------------------
+
+LOCK_TTL = 30.0       # seconds at most that one instance holds a key's single flight
+POLL_FIRST, POLL_MAX = 0.01, 0.2   # seconds between looks of an instance waiting for another's answer
+# One hash tag, so a Redis Cluster keeps the entries, their index and the locks in one slot.
+_PREFIX = b"edgerules:{cache}:"
+_INDEX = _PREFIX + b"index"
+# Store one entry and keep at most ARGV[4] of them: the oldest stored go first (their TTLs end them too).
+_STORE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if over > 0 then
+  local old = redis.call('ZPOPMIN', KEYS[2], over)
+  for i = 1, #old, 2 do redis.call('DEL', old[i]) end
+end
+return over
+"""
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RemoteDown(Exception):
+    """Redis did not answer: the request goes upstream without the cache."""
+
+
+class RemoteEntries:
+    """Cache entries in Redis, shared by every instance on the same state URI; stored as
+    `route NUL body` with the rule's TTL, at most max_entries of them."""
+
+    def __init__(self, shared, max_entries: int, max_bytes: int):
+        import redis.exceptions
+
+        self.shared, self.max_entries, self.max_bytes = shared, max_entries, max_bytes
+        self.client = shared.client
+        self._store = self.client.register_script(_STORE)
+        self._unlock = self.client.register_script(_UNLOCK)
+        self._errors = (redis.exceptions.RedisError, OSError, TimeoutError)
+
+    async def claim(self, key: bytes, deadline_at: float, budget: float) -> tuple[Entry | None, bytes | None]:
+        """(the stored entry, None), or (None, a lock token) when this instance must fetch it; waits
+        while another instance holds the key, until the request's deadline."""
+        entry_key, lock_key = _PREFIX + key.hex().encode(), _PREFIX + b"lock:" + key.hex().encode()
+        token = os.urandom(16).hex().encode()
+        lock_ms = max(1, int(min(max(deadline_at - time.monotonic(), 0.001), LOCK_TTL) * 1000))
+        delay = POLL_FIRST
+        while True:
+            entry = await self._guard("reading the cache", self.client.get(entry_key))
+            if entry is not None:
+                return _decode(entry), None
+            if await self._guard("locking a cache key", self.client.set(lock_key, token, nx=True, px=lock_ms)):
+                # An answer stored between the look and the lock is still an answer.
+                entry = await self._guard("reading the cache", self.client.get(entry_key))
+                if entry is None:
+                    return None, token
+                await self.unlock(key, token)
+                return _decode(entry), None
+            if time.monotonic() + delay >= deadline_at:
+                raise GatewayError(504, f"the request's deadline of {budget:g}s passed while waiting "
+                                        f"for an identical request", code="deadline_exceeded")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, POLL_MAX)
+
+    async def store(self, key: bytes, entry: Entry) -> None:
+        value = entry.route.encode() + b"\0" + entry.body
+        if len(value) > self.max_bytes or not self.shared.usable():
+            return
+        try:
+            await self._store(keys=[_PREFIX + key.hex().encode(), _INDEX],
+                              args=[value, max(1, int(entry.ttl * 1000)), time.time_ns() // 1000, self.max_entries])
+        except self._errors as exc:
+            self.shared.failed("storing a cache entry", exc)
+
+    async def unlock(self, key: bytes, token: bytes) -> None:
+        if not self.shared.usable():
+            return   # the lock's TTL ends it
+        try:
+            await self._unlock(keys=[_PREFIX + b"lock:" + key.hex().encode()], args=[token])
+        except self._errors as exc:
+            self.shared.failed("releasing a cache lock", exc)
+
+    async def _guard(self, what: str, awaitable):
+        if not self.shared.usable():
+            awaitable.close()
+            raise RemoteDown
+        try:
+            return await awaitable
+        except self._errors as exc:
+            self.shared.failed(what, exc)
+            raise RemoteDown from None
+
+
+def _decode(value: bytes) -> Entry:
+    route, _, body = value.partition(b"\0")
+    return Entry(body, route.decode(), 0.0)

@@ -19,14 +19,13 @@ from ..lang.schema import estimate_tokens
 from ..lang.spec import LimitSpec, target_leaves
 from .errors import GatewayError
 from .router import resolve_model
+from .shared import limits_options
 from .usage import ask_stream_usage
 
 log = logging.getLogger("edgerules.gateway")
 
 ENV_RESERVE = "EDGERULES_RESERVE_COMPLETION_TOKENS"
 DEFAULT_RESERVE = 256
-ENV_REDIS_POOL = "EDGERULES_REDIS_POOL"
-DEFAULT_REDIS_POOL = 64
 NANO_USD = 1_000_000_000     # cost budgets count nano-dollars: integer counters, exact enough
 _NANO_PER_PRICE = NANO_USD / 1_000_000   # a price is USD per 1M tokens
 # Every amount sent to the storage stays far inside a signed 64-bit Redis counter, whatever numbers
@@ -45,27 +44,10 @@ def async_uri(uri: str) -> str:
     return uri if scheme.startswith("async+") else "async+" + uri
 
 
-def open_storage(state_uri: str) -> tuple:
-    """(limits storage, its Redis pool or None) for a state URI; errors come as limits' StorageError.
-
-    Redis goes through redis-py with a blocking pool of EDGERULES_REDIS_POOL connections: limits'
-    default async client (coredis) was seen to report an admitted hit as refused under a few
-    hundred concurrent calls, which breaks exact request limits.
-    """
-    uri = async_uri(state_uri)
-    pool = None
-    scheme = uri.partition("://")[0]
-    if scheme in ("async+redis", "async+rediss", "async+redis+unix"):
-        try:
-            from redis.asyncio import BlockingConnectionPool
-        except ImportError:
-            log.warning("redis-py is not installed: Redis limits use coredis")
-        else:
-            plain = uri.removeprefix("async+").replace("redis+unix://", "unix://", 1)
-            size = int(os.environ.get(ENV_REDIS_POOL, DEFAULT_REDIS_POOL))
-            pool = BlockingConnectionPool.from_url(plain, max_connections=size)
-    options = {"implementation": "redispy", "connection_pool": pool} if pool is not None else {}
-    return storage_from_string(uri, wrap_exceptions=True, **options), pool
+def open_storage(state_uri: str, shared=None):
+    """The limits storage for a state URI, on the shared Redis pool when there is one (shared.py);
+    errors come as limits' StorageError."""
+    return storage_from_string(async_uri(state_uri), wrap_exceptions=True, **limits_options(shared))
 
 
 class Window(RateLimitItemPerSecond):
@@ -88,9 +70,9 @@ class Hold:
 
 
 class Limiter:
-    def __init__(self, state_uri: str, gw, *, completion_reserve: int | None = None):
+    def __init__(self, state_uri: str, gw, *, shared=None, completion_reserve: int | None = None):
         self.gw = gw
-        self.storage, self._pool = open_storage(state_uri)
+        self.storage = open_storage(state_uri, shared)
         self.moving = MovingWindowRateLimiter(self.storage)
         self.fixed = FixedWindowRateLimiter(self.storage)
         if completion_reserve is None:
@@ -101,9 +83,7 @@ class Limiter:
         self.seen: dict[tuple, tuple] = {}
 
     async def close(self) -> None:
-        self._windows.clear()
-        if self._pool is not None:
-            await self._pool.disconnect()
+        self._windows.clear()   # the shared Redis connection is closed by its owner, the Gateway
 
     # ---- admission ---------------------------------------------------------------------
 

@@ -5,14 +5,21 @@ carries over a policy reload for every provider that still exists.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import random
 import time
 from dataclasses import dataclass, field
 
 from ..lang.spec import Fallback, Fastest, ProviderSpec, Single, Split, Target
 
+log = logging.getLogger("edgerules.gateway")
+
 EWMA_ALPHA = 0.3
+SYNC_EVERY = 0.5           # seconds between reads of the shared breakers (with --state redis://)
+FAILURES_TTL_MS = 600_000  # a shared failure count no instance touched for 10 minutes is dropped
+_BREAKER = "edgerules:{breaker}:"   # one hash tag: a Redis Cluster keeps every breaker key in one slot
 MAX_LATENCY_MODELS = 256   # per provider
 
 
@@ -48,13 +55,20 @@ class ProviderHealth:
 
 
 class Health:
+    """Per provider health. Alone it lives in this process; after share(), the consecutive-failure
+    count and the open circuit also live in Redis, so every instance sees one provider's circuit:
+    writes go out in the background, reads come from a local copy refreshed every SYNC_EVERY."""
+
     def __init__(self):
         self.providers: dict[str, ProviderHealth] = {}
+        self.shared = None
+        self._sync_task: asyncio.Task | None = None
+        self._pushes: set[asyncio.Task] = set()
 
     def of(self, name: str) -> ProviderHealth:
         h = self.providers.get(name)
         if h is None:
-            h = self.providers[name] = ProviderHealth()
+            h = self.providers[name] = (ProviderHealth() if self.shared is None else SharedProviderHealth(self, name))
         return h
 
     def available(self, name: str, now: float) -> bool:
@@ -77,6 +91,119 @@ class Health:
         return {name: {"open": not h.available(now), "failures": h.failures,
                        "latency_ms": {m: round(s * 1000, 3) for m, s in h.latency.items()}}
                 for name, h in self.providers.items()}
+
+    # ---- shared breakers (--state redis://) ----------------------------------------------
+
+    def share(self, shared, names) -> None:
+        """Keep breakers in Redis from now on, for the providers `names` (and any met later)."""
+        self.shared = shared
+        self.providers = {name: SharedProviderHealth(self, name) for name in names}
+        self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
+
+    async def close(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            await asyncio.gather(self._sync_task, *self._pushes, return_exceptions=True)
+
+    def push(self, coro) -> None:
+        """Run a Redis write in the background: a breaker never makes a request wait or fail."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pushes.add(task)
+        task.add_done_callback(self._pushes.discard)
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_EVERY)
+            await self.sync()
+
+    async def sync(self) -> None:
+        """Copy every known provider's shared failure count and open circuit into this process."""
+        shared = self.shared
+        names = list(self.providers)
+        if not names or not shared.usable():
+            return
+        keys = [k for n in names for k in (_BREAKER + n + ":failures", _BREAKER + n + ":open")]
+        try:
+            if shared.cluster:
+                values = await shared.client.mget_nonatomic(keys)
+            else:
+                values = await shared.client.mget(keys)
+        except Exception as exc:   # redis errors, OSError, timeouts: keep the local state
+            shared.failed("reading circuit breakers", exc)
+            return
+        now, wall = time.monotonic(), time.time()
+        for i, name in enumerate(names):
+            h = self.providers.get(name)
+            if h is not None:
+                h.adopt(values[2 * i], values[2 * i + 1], now, wall)
+
+
+class SharedProviderHealth(ProviderHealth):
+    """A provider's health whose breaker is also written to Redis (see Health.share)."""
+
+    __slots__ = ("health", "name", "offline_until")
+
+    def __init__(self, health: Health, name: str):
+        super().__init__()
+        self.health, self.name = health, name
+        self.offline_until = 0.0   # a circuit this process opened while Redis was unreachable
+
+    def record_success(self, model: str, seconds: float) -> None:
+        tripped = self.failures or self.open_until
+        super().record_success(model, seconds)
+        self.offline_until = 0.0
+        if tripped:   # a success after failures closes the circuit everywhere; else nothing to write
+            self.health.push(self._write_success())
+
+    def record_failure(self, spec: ProviderSpec, now: float) -> bool:
+        opened = super().record_failure(spec, now)
+        self.health.push(self._write_failure(spec))
+        return opened
+
+    def adopt(self, failures, open_until, now: float, wall: float) -> None:
+        """Take the shared values (bytes or None) read from Redis."""
+        self.failures = int(failures) if failures is not None else 0
+        until = float(open_until) if open_until is not None else 0.0
+        shared = now + (until - wall) if until > wall else 0.0
+        self.open_until = max(shared, self.offline_until) if self.offline_until > now else shared
+
+    async def _write_success(self) -> None:
+        shared = self.health.shared
+        if not shared.usable():
+            return
+        try:
+            await shared.client.delete(_BREAKER + self.name + ":failures", _BREAKER + self.name + ":open")
+        except Exception as exc:
+            shared.failed("closing a circuit breaker", exc)
+
+    async def _write_failure(self, spec: ProviderSpec) -> None:
+        shared = self.health.shared
+        if not shared.usable():
+            self.offline_until = self.open_until
+            return
+        key = _BREAKER + self.name
+        try:
+            client = shared.client
+            failures = await client.incr(key + ":failures")
+            await client.pexpire(key + ":failures", FAILURES_TTL_MS)
+            if failures >= spec.failures:
+                # NX: the first instance to see the threshold opens the circuit; the others keep its time.
+                until = time.time() + spec.cooldown
+                if await client.set(key + ":open", repr(until), nx=True, px=max(1, int(spec.cooldown * 1000))):
+                    log.warning("circuit for provider '%s' opened for every instance for %gs", self.name, spec.cooldown)
+                else:
+                    stored = await client.get(key + ":open")
+                    until = float(stored) if stored is not None else until
+            else:
+                until = 0.0
+        except Exception as exc:
+            shared.failed("recording a provider failure", exc)
+            self.offline_until = self.open_until
+            return
+        self.failures = max(self.failures, failures)
+        now, wall = time.monotonic(), time.time()
+        if until > wall:
+            self.open_until = max(self.open_until, now + (until - wall))
 
 
 def resolve_model(leaf: Single, requested: str) -> str:

@@ -390,7 +390,13 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
 
 
 def _attach_state_backends(gw: Gateway, state_uri: str) -> None:
-    """Limits and cache, when their modules are present (they share one storage URI)."""
+    """Limits, cache and circuit breakers, when their modules are present (they share one storage
+    URI and, for Redis, one connection pool)."""
+    from .shared import open_shared
+
+    gw.shared = shared = open_shared(state_uri)
+    if shared is not None:
+        gw.health.share(shared, gw.live.policy.providers)
     try:
         from .limiter import Limiter
     except ImportError:
@@ -400,9 +406,9 @@ def _attach_state_backends(gw: Gateway, state_uri: str) -> None:
     except ImportError:
         ResponseCache = None
     if Limiter is not None:
-        gw.limiter = Limiter(state_uri, gw)
+        gw.limiter = Limiter(state_uri, gw, shared=shared)
     if ResponseCache is not None:
-        gw.cache = ResponseCache(state_uri, gw)
+        gw.cache = ResponseCache(state_uri, gw, shared=shared)
 
 
 def configure_logging(level: str) -> None:
@@ -413,6 +419,7 @@ def configure_logging(level: str) -> None:
 def serve(args) -> int:
     """`edgerules serve`: resolve the settings (flag > environment > default), check, then listen."""
     from . import settings
+    from .shared import is_shared
 
     try:
         values = settings.resolve(vars(args))
@@ -434,6 +441,11 @@ def serve(args) -> int:
         except PolicyError as exc:
             print(f"edgerules serve: the canary policy ({values['canary']}) did not load:\n{exc}", file=sys.stderr)
             return 1
+    if values["workers"] > 1 and policy.limits and not is_shared(values["state"]):
+        print(f"edgerules serve: --workers {values['workers']} with --state {values['state']} would give each "
+              f"worker its own counters and multiply every limit by {values['workers']}; use "
+              f"--state redis://HOST:PORT (shared by every worker), or --workers 1", file=sys.stderr)
+        return 2
     if (problem := probe_store(values["log_store"], values["rules"])) is not None:
         print(f"edgerules serve: {problem}", file=sys.stderr)
         return 2

@@ -45,6 +45,7 @@ class Gateway:
         self.rng = random.Random()
         self.limiter = None   # edgerules.gateway.limiter.Limiter, set by the app
         self.cache = None     # edgerules.gateway.cache.ResponseCache, set by the app
+        self.shared = None    # edgerules.gateway.shared.Shared: the Redis of --state redis://, set by the app
         self.last_error: dict | None = None
         self.tracer = None    # edgerules.observe.traces.Tracer, with --otel-endpoint
         self.request_log = None   # edgerules.observe.requestlog.RequestLog, when a log store is set
@@ -167,6 +168,9 @@ class Gateway:
                 await provider.close()
         if self.limiter is not None:
             await self.limiter.close()
+        await self.health.close()
+        if self.shared is not None:
+            await self.shared.close()
 
     # ---- the end of every request -------------------------------------------------------
 

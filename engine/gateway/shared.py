@@ -1,0 +1,118 @@
+"""The one Redis connection behind `--state redis://...`, shared by limits, the response cache and the
+circuit breakers; `memory://` opens nothing."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+log = logging.getLogger("edgerules.gateway")
+
+ENV_REDIS_POOL = "EDGERULES_REDIS_POOL"
+DEFAULT_REDIS_POOL = 64
+CONNECT_TIMEOUT = 2.0    # seconds: a Redis that is down answers fast; one that is unreachable must too
+COMMAND_TIMEOUT = 5.0
+QUIET_AFTER_ERROR = 1.0  # seconds during which the cache and breakers skip Redis after it failed
+PLAIN = ("redis", "rediss", "redis+unix")
+SENTINEL, CLUSTER = "redis+sentinel", "redis+cluster"
+
+
+def scheme_of(state_uri: str) -> str:
+    return state_uri.partition("://")[0].removeprefix("async+").lower()
+
+
+def is_shared(state_uri: str) -> bool:
+    """True when the state URI is shared by every process that uses it (not `memory://`)."""
+    return scheme_of(state_uri) != "memory"
+
+
+@dataclass(eq=False)
+class Shared:
+    """A Redis client (redis-py, asyncio) and, for a plain URI, the pool the limiter reuses."""
+
+    uri: str
+    client: object
+    pool: object | None
+    cluster: bool = False
+    down_until: float = 0.0   # monotonic: skip Redis until then (the cache and breakers only)
+
+    def usable(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """Note a Redis failure: logged once per outage, then quiet for a second."""
+        if self.usable():
+            log.error("shared state (Redis) failed while %s: %s; serving with local state", what, exc)
+        self.down_until = time.monotonic() + QUIET_AFTER_ERROR
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+        finally:
+            if self.pool is not None:
+                await self.pool.disconnect()
+
+
+def open_shared(state_uri: str) -> Shared | None:
+    """The Redis client for a shared state URI; None for `memory://` (or when redis-py is missing:
+    then limits fall back to the `limits` library's own client and the cache and breakers stay local)."""
+    scheme = scheme_of(state_uri)
+    if scheme == "memory":
+        return None
+    try:
+        import redis.asyncio as aredis
+    except ImportError:
+        log.warning("redis-py is not installed: the cache and circuit breakers stay in this process")
+        return None
+    plain = state_uri.removeprefix("async+")
+    options = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": COMMAND_TIMEOUT}
+    if scheme in PLAIN:
+        size = int(os.environ.get(ENV_REDIS_POOL, DEFAULT_REDIS_POOL))
+        url = plain.replace("redis+unix://", "unix://", 1)
+        pool = aredis.BlockingConnectionPool.from_url(url, max_connections=size, **options)
+        return Shared(state_uri, aredis.Redis(connection_pool=pool), pool)
+    if scheme == SENTINEL:
+        from redis.asyncio.sentinel import Sentinel
+
+        nodes, password, service = _nodes(plain, 26379)
+        if not service:
+            raise ValueError(f"state URI '{state_uri}' needs the service name: redis+sentinel://HOST:PORT/SERVICE")
+        sentinel = Sentinel(nodes, password=password, sentinel_kwargs={"password": password}, **options)
+        return Shared(state_uri, sentinel.master_for(service), None)
+    if scheme == CLUSTER:
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        nodes, password, _ = _nodes(plain, 6379)
+        client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], password=password, **options)
+        return Shared(state_uri, client, None, cluster=True)
+    return None   # another `limits` backend (memcached, mongodb): limits only
+
+
+def _nodes(uri: str, default_port: int) -> tuple[list[tuple[str, int]], str | None, str]:
+    """([(host, port)], password, path) of `scheme://[:password@]h1:p1,h2:p2/path`."""
+    rest = uri.partition("://")[2]
+    netloc, _, path = rest.partition("/")
+    password = None
+    if "@" in netloc:
+        auth, _, netloc = netloc.rpartition("@")
+        password = unquote(auth.partition(":")[2]) or None
+    nodes = []
+    for part in netloc.split(","):
+        host = urlsplit("//" + part)
+        nodes.append((host.hostname or "127.0.0.1", host.port or default_port))
+    return nodes, password, path.split("?")[0]
+
+
+def limits_options(shared: Shared | None) -> dict:
+    """Options for limits' storage_from_string: redis-py, on the shared pool when there is one.
+
+    limits' default async client (coredis) was seen to report an admitted hit as refused under a few
+    hundred concurrent calls, which breaks exact request limits.
+    """
+    if shared is None:
+        return {}
+    if shared.pool is not None:
+        return {"implementation": "redispy", "connection_pool": shared.pool}
+    return {"implementation": "redispy"}

@@ -1,0 +1,215 @@
+"""Two `edgerules serve` processes sharing one real redis-server: exact limits across both, a cached
+answer stored by one is a HIT on the other, a circuit opened by one is open on the other, and a Redis
+outage fails closed for limits and open for the cache and breakers, with nothing lost once it is back."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+
+import httpx
+import pytest
+
+from gw import start_gateway
+from procs import Process, free_port, skip_or_fail_in_ci, start_upstream, wait_until
+
+POLICY = """
+provider up { url "{good}" }
+provider flaky {
+    url "{bad}"
+    cooldown 10m after 2 failures
+}
+
+rule exact    { when header("x-test") == "exact"    limit requests 20 per 10m }
+rule durable  { when header("x-test") == "durable"  limit requests 5 per 10m }
+rule cached   { when header("x-test") == "cache"    cache ttl 10m }
+rule breaker  { when header("x-test") == "breaker"  route fallback [flaky/m, up/m] }
+rule everything { route up/m }
+"""
+
+
+class Redis:
+    """A redis-server that writes every change to its append-only file, so a restart keeps the data."""
+
+    def __init__(self):
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            skip_or_fail_in_ci("redis-server is not installed, so shared state is not tested")
+        self.port, self.dir = free_port(), tempfile.mkdtemp(prefix="edgerules-redis-")
+        self.uri = f"redis://127.0.0.1:{self.port}"
+        self.proc: Process | None = None
+
+    def start(self) -> None:
+        import redis
+
+        log = tempfile.TemporaryFile()
+        popen = subprocess.Popen([self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.dir,
+                                  "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = Process(popen, log)
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        try:
+            wait_until(lambda: self._ping(client), 10, what=f"redis-server on port {self.port}")
+        finally:
+            client.close()
+
+    def _ping(self, client) -> bool:
+        import redis
+
+        assert self.proc.running(), self.proc.output()
+        try:
+            return client.ping()
+        except redis.ConnectionError:
+            return False
+
+    def kill(self) -> None:
+        self.proc.popen.kill()   # SIGKILL: no chance to save anything on the way out
+        self.proc.popen.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = Redis()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def bad():
+    with start_upstream() as up:
+        up.control(status=503)
+        yield up
+
+
+@pytest.fixture(scope="module")
+def pair(redis_server, upstream, bad, tmp_path_factory):
+    text = POLICY.replace("{good}", upstream.url).replace("{bad}", bad.url)
+    first = start_gateway(text, tmp_path_factory.mktemp("a"), "--no-watch", "--state", redis_server.uri)
+    try:
+        second = start_gateway(text, tmp_path_factory.mktemp("b"), "--no-watch", "--state", redis_server.uri)
+    except BaseException:
+        first.stop()
+        raise
+    yield first, second
+    first.stop()
+    second.stop()
+
+
+def chat(gw, test: str, content: str = "hello", **fields) -> httpx.Response:
+    body = {"model": "m", "messages": [{"role": "user", "content": content}], **fields}
+    return gw.post("/v1/chat/completions", json=body, headers={"x-test": test})
+
+
+def fresh() -> str:
+    return f"question {uuid.uuid4().hex[:8]}"
+
+
+async def crowd(gateways, test: str, n: int, content: str = "hello") -> list[httpx.Response]:
+    """n requests at once, spread over the gateways in turn."""
+    limits = httpx.Limits(max_connections=n + 10)
+    clients = [httpx.AsyncClient(base_url=g.url, limits=limits, timeout=60) for g in gateways]
+    body = {"model": "m", "messages": [{"role": "user", "content": content}]}
+    try:
+        return await asyncio.gather(*(clients[i % len(clients)].post(
+            "/v1/chat/completions", json=body, headers={"x-test": test}) for i in range(n)))
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def test_one_limit_admits_exactly_n_across_both(pair):
+    responses = asyncio.run(crowd(pair, "exact", 60))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 20 and statuses.count(429) == 40, statuses
+    for gw in pair:   # and each of them now refuses
+        assert chat(gw, "exact").status_code == 429
+
+
+def test_an_answer_cached_by_one_is_a_hit_on_the_other(pair, upstream):
+    first, second = pair
+    content = fresh()
+    before = upstream.stats()["chat"]
+    miss = chat(first, "cache", content)
+    assert miss.status_code == 200 and miss.headers["x-edgerules-cache"] == "MISS"
+    hit = chat(second, "cache", content)
+    assert hit.status_code == 200 and hit.headers["x-edgerules-cache"] == "HIT"
+    assert hit.json() == miss.json()
+    streamed = chat(second, "cache", content, stream=True)   # replayed from the stored answer
+    assert streamed.headers["x-edgerules-cache"] == "HIT" and streamed.text.endswith("data: [DONE]\n\n")
+    assert upstream.stats()["chat"] == before + 1
+
+
+def test_identical_requests_on_both_reach_the_upstream_once(pair, upstream):
+    content = fresh()
+    upstream.control(latency="300ms")
+    try:
+        before = upstream.stats()["chat"]
+        responses = asyncio.run(crowd(pair, "cache", 12, content))
+    finally:
+        upstream.control(latency=0)
+    assert all(r.status_code == 200 for r in responses)
+    caches = sorted(r.headers["x-edgerules-cache"] for r in responses)
+    assert caches == ["HIT"] * 11 + ["MISS"], caches
+    assert upstream.stats()["chat"] == before + 1
+
+
+def test_a_circuit_opened_by_one_is_open_on_the_other(pair, bad):
+    first, second = pair
+    for _ in range(2):   # two failures open flaky's circuit; the fallback answers meanwhile
+        resp = chat(first, "breaker")
+        assert resp.status_code == 200 and resp.headers["x-edgerules-route"] == "up/m"
+    wait_until(lambda: 'edgerules_provider_open{provider="flaky"} 1' in second.http.get("/metrics").text, 30,
+               what="the second gateway to see flaky's circuit open")
+    before = bad.stats()["chat"]
+    resp = chat(second, "breaker")
+    assert resp.status_code == 200 and resp.headers["x-edgerules-route"] == "up/m"
+    assert resp.headers["x-edgerules-attempts"] == "1"
+    assert bad.stats()["chat"] == before   # the open circuit skipped flaky without calling it
+
+
+def test_a_redis_outage_fails_closed_for_limits_and_open_for_the_rest(pair, redis_server):
+    first, second = pair
+    for gw in (first, second, first):
+        assert chat(gw, "durable").status_code == 200   # 3 of 5 used
+    redis_server.kill()
+    try:
+        for gw in pair:
+            refused = chat(gw, "durable")
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "limits_unavailable"
+            served = chat(gw, "cache", fresh())     # the cache is skipped, never an error
+            assert served.status_code == 200 and served.headers["x-edgerules-cache"] == "BYPASS"
+            routed = chat(gw, "breaker")            # breakers keep their local state
+            assert routed.status_code == 200 and routed.headers["x-edgerules-route"] == "up/m"
+            assert chat(gw, "plain").status_code == 200
+    finally:
+        redis_server.start()
+    # Nothing was lost: the 3 admitted before the outage still count, on both gateways.
+    wait_until(lambda: chat(second, "durable").status_code != 503, 30, what="limits back after Redis restarted")
+    statuses = [chat(gw, "durable").status_code for gw in (first, second, first)]
+    assert statuses == [200, 429, 429], statuses
+    content = fresh()
+    wait_until(lambda: chat(first, "cache", content).headers["x-edgerules-cache"] != "BYPASS", 30,
+               what="the cache back after Redis restarted")
+    assert chat(second, "cache", content).headers["x-edgerules-cache"] == "HIT"
+    assert 'edgerules_provider_open{provider="flaky"} 1' in second.http.get("/metrics").text
+
+
+def test_workers_on_memory_state_with_limits_are_refused(tmp_path):
+    from procs import EDGERULES
+
+    (tmp_path / "policy.rules").write_text('provider demo { format echo }\n'
+                                           'rule capped { limit requests 5 per 1m route demo/echo }\n')
+    done = subprocess.run([EDGERULES, "serve", "--rules", str(tmp_path), "--port", str(free_port()),
+                           "--workers", "2", "--no-watch"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--state redis://" in done.stderr and "multiply every limit by 2" in done.stderr
