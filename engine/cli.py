@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-code", action="store_true", help="print the generated Python instead")
     p.add_argument("--time", metavar="ISO", help="decide as at this instant (sets hour and weekday), "
                    "such as 2026-11-30T09:00:00Z (default: now)")
+    p.add_argument("--tool", metavar="SERVER__TOOL", help="decide a tool call with the tool rules instead")
+    p.add_argument("--args", dest="tool_args", default="{}", metavar="JSON",
+                   help="the tool call's arguments, a JSON object (with --tool; default {})")
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("serve", help="run the gateway",
@@ -106,6 +109,8 @@ def cmd_eval(args) -> int:
     if args.show_code:
         print(policy.source(), end="")
         return 0
+    if args.tool:
+        return _eval_tool(policy, args)
     body = _read_request(args.request)
     if body is None:
         return 2
@@ -133,6 +138,34 @@ def cmd_eval(args) -> int:
         print(f"edgerules eval: bad request: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(decision.to_dict(), indent=2))
+    return 0
+
+
+def _eval_tool(policy, args) -> int:
+    """`eval --tool SERVER__TOOL --args JSON`: the tool rules' decision, and whether the key sees it."""
+    server, sep, tool = args.tool.partition("__")
+    if not sep or not server or not tool:
+        print(f"edgerules eval: --tool takes SERVER__TOOL, not {args.tool!r}", file=sys.stderr)
+        return 2
+    if server not in policy.servers:
+        print(f"edgerules eval: the policy declares no mcp or api server named {server!r}", file=sys.stderr)
+        return 2
+    try:
+        tool_args = json.loads(args.tool_args)
+    except json.JSONDecodeError as exc:
+        print(f"edgerules eval: --args is not valid JSON: {exc.msg}", file=sys.stderr)
+        return 2
+    if not isinstance(tool_args, dict):
+        print("edgerules eval: --args must be a JSON object", file=sys.stderr)
+        return 2
+    key = next((k for k in policy.keys if k.name == args.key), None)
+    if args.key and policy.keys and key is None:
+        print(f"edgerules eval: the policy declares no key named {args.key!r}", file=sys.stderr)
+        return 2
+    headers = {n.strip().lower(): v.strip() for n, _, v in (h.partition(":") for h in args.header)}
+    decision = policy.decide_tool(server, tool, tool_args, headers, args.key, ip=args.ip, engine=args.engine)
+    out = {"tool": args.tool, "key_sees_tool": key is None or key.sees_tool(args.tool), **decision.to_dict()}
+    print(json.dumps(out, indent=2))
     return 0
 
 

@@ -285,8 +285,8 @@ def test_keywords_are_names_where_no_keyword_fits():
 def test_syntax_error_unexpected_token_with_keyword_hint():
     d = syntax_error('provider demo { format echo }\nrule r {\n    wen model == "x"\n    route demo\n}\n')
     assert (d.file, d.line, d.column, d.code) == ("t.rules", 3, 5, "syntax")
-    assert d.message == ("unexpected name 'wen', expected one of 'cache', 'deadline', 'deny', 'limit', "
-                         "'log', 'retry', 'route', 'tag', ...")
+    assert d.message == ("unexpected name 'wen', expected one of 'cache', 'deadline', 'deny', 'hide', "
+                         "'limit', 'log', 'retry', 'route', ...")
     assert d.hint == "did you mean 'when'?"
     assert d.location.end_column == 8
 
@@ -295,7 +295,7 @@ def test_syntax_error_misspelt_action_lists_only_what_can_follow():
     d = syntax_error('rule r {\n    when model == "x"\n    rout demo\n}\n')
     assert (d.line, d.column) == (3, 5)
     assert d.message == ("unexpected name 'rout', expected one of 'and', 'cache', 'deadline', 'deny', "
-                         "'limit', 'log', 'or', 'retry', ...")
+                         "'hide', 'limit', 'log', 'or', ...")
     assert d.hint == "did you mean 'route'?"
 
 
@@ -347,7 +347,7 @@ def test_syntax_error_missing_name_and_wrong_statement():
     assert (d.line, d.column, d.message) == (1, 6, "unexpected '{', expected a name")
     d = syntax_error("route demo")
     assert (d.line, d.column) == (1, 1)
-    assert d.message == "unexpected 'route', expected one of 'key', 'provider', 'rule', the end of the file"
+    assert d.message == "unexpected 'route', expected one of 'api', 'key', 'mcp', 'provider', 'rule', the end of the file"
 
 
 def test_syntax_error_split_member_without_percent():
@@ -380,7 +380,7 @@ def test_syntax_error_renders_with_line_and_caret():
         build_policy([Source("rules/x.rules", 'rule r {\n    wen model == "x"\n}\n')], {})
     assert str(info.value) == (
         "rules/x.rules:2:5: error[syntax]: unexpected name 'wen', expected one of 'cache', 'deadline', "
-        "'deny', 'limit', 'log', 'retry', 'route', 'tag', ...\n"
+        "'deny', 'hide', 'limit', 'log', 'retry', 'route', ...\n"
         '  2 |     wen model == "x"\n'
         "    |     ^^^\n"
         "  hint: did you mean 'when'?\n"

@@ -75,9 +75,10 @@ def _line(indent: int, tokens: list[Token]) -> _Line:
 
 def _statement(node: Tree, lines: list[_Line]) -> None:
     children = node.children
-    # provider NAME { ... } | key NAME { ... } | rule NAME { [when] actions }
-    lines.append(_line(0, _tokens(children[0]) + _tokens(children[1]) + _tokens(children[2])))
-    for child in children[3:-1]:
+    # provider NAME { ... } | key NAME { ... } | rule NAME [for tools] { [when] actions }
+    brace = next(i for i, c in enumerate(children) if isinstance(c, Token) and c == "{")
+    lines.append(_line(0, [t for c in children[:brace + 1] if c is not None for t in _tokens(c)]))
+    for child in children[brace + 1:-1]:
         if child is not None:    # a rule without `when`
             lines.append(_line(1, _tokens(child)))
     end = _line(0, _tokens(children[-1]))

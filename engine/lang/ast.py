@@ -108,7 +108,7 @@ TargetNode = Union[TargetRef, FallbackT, SplitT, FastestT]
 
 @dataclass(frozen=True, slots=True)
 class Deny:
-    status: float
+    status: float | None     # None: written without a status (a tool rule's deny)
     message: str | None
     loc: Location
     status_loc: Location
@@ -183,7 +183,14 @@ class Log:
     loc: Location
 
 
-Action = Union[Deny, Route, Limit, Cache, Retry, Timeout, Deadline, Tag, Log]
+@dataclass(frozen=True, slots=True)
+class Hide:
+    """A tool rule's action: the tool is not listed for the caller, and refused if called."""
+
+    loc: Location
+
+
+Action = Union[Deny, Route, Limit, Cache, Retry, Timeout, Deadline, Tag, Log, Hide]
 
 
 # ---- statements -----------------------------------------------------------------------------
@@ -219,11 +226,22 @@ class KeyDecl:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerDecl:
+    """`mcp NAME { ... }` or `api NAME { ... }`: where tools come from."""
+
+    kind: str                # mcp | api
+    name: str
+    settings: tuple[Setting, ...]
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     name: str
     when: Expr | None
     actions: tuple[Action, ...]
     loc: Location
+    for_tools: bool = False  # `rule NAME for tools { ... }`: decides tool calls, not model requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +249,8 @@ class Program:
     providers: tuple[ProviderDecl, ...]
     keys: tuple[KeyDecl, ...]
     rules: tuple[Rule, ...]
+    servers: tuple[ServerDecl, ...] = ()
 
     def merge(self, other: "Program") -> "Program":
         return Program(self.providers + other.providers, self.keys + other.keys,
-                       self.rules + other.rules)
+                       self.rules + other.rules, self.servers + other.servers)

@@ -65,7 +65,16 @@ class AstBuilder(Transformer_NonRecursive):
         providers = tuple(i for i in items if isinstance(i, ast.ProviderDecl))
         keys = tuple(i for i in items if isinstance(i, ast.KeyDecl))
         rules = tuple(i for i in items if isinstance(i, ast.Rule))
-        return ast.Program(providers, keys, rules)
+        servers = tuple(i for i in items if isinstance(i, ast.ServerDecl))
+        return ast.Program(providers, keys, rules, servers)
+
+    def mcp(self, items):
+        name, *settings = items
+        return ast.ServerDecl("mcp", str(name), tuple(settings), self._tok(name))
+
+    def api(self, items):
+        name, *settings = items
+        return ast.ServerDecl("api", str(name), tuple(settings), self._tok(name))
 
     def provider(self, items):
         name, *settings = items
@@ -77,8 +86,11 @@ class AstBuilder(Transformer_NonRecursive):
 
     @v_args(meta=True)
     def rule(self, meta, items):
-        name, when, *actions = items
-        return ast.Rule(str(name), when, tuple(actions), self._tok(name))
+        name, for_tools, when, *actions = items
+        return ast.Rule(str(name), when, tuple(actions), self._tok(name), for_tools is not None)
+
+    def for_tools(self, items):
+        return True
 
     def when(self, items):
         return items[0]
@@ -125,6 +137,19 @@ class AstBuilder(Transformer_NonRecursive):
         return ast.Setting("price", (model, parse_number(inp), parse_number(out)), self._loc(meta))
 
     @v_args(meta=True)
+    def builtin_setting(self, meta, items):
+        return ast.Setting("builtin", (str(items[0]),), self._tok(items[0]))
+
+    @v_args(meta=True)
+    def openapi_setting(self, meta, items):
+        return ast.Setting("openapi", (unquote(items[0]),), self._tok(items[0]))
+
+    @v_args(meta=True)
+    def tools_setting(self, meta, items):
+        globs = tuple((unquote(t), self._tok(t)) for t in items if t is not None)
+        return ast.Setting("tools", globs, self._loc(meta))
+
+    @v_args(meta=True)
     def sha256_setting(self, meta, items):
         return ast.Setting("sha256", (unquote(items[0]),), self._tok(items[0]))
 
@@ -144,7 +169,13 @@ class AstBuilder(Transformer_NonRecursive):
     def deny(self, meta, items):
         status, message = items
         msg = unquote(message) if message is not None else None
+        if status is None:
+            return ast.Deny(None, msg, self._loc(meta), self._loc(meta))
         return ast.Deny(parse_number(status), msg, self._loc(meta), self._tok(status))
+
+    @v_args(meta=True)
+    def hide(self, meta, items):
+        return ast.Hide(self._loc(meta))
 
     @v_args(meta=True)
     def route(self, meta, items):

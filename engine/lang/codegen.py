@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from . import ast
 from .check import CheckedAction, CheckedPolicy, CheckedRule
 from .check.expressions import is_cidr_test
-from .schema import DECIDE_ARGS, FIELDS, METADATA_HEADER, cidr_matcher, extractor, memo_search
+from .schema import DECIDE_ARGS, DECIDE_TOOL_ARGS, FIELDS, METADATA_HEADER, cidr_matcher, extractor, memo_search
 from .source import Location
 
 # Consecutive rules that test the same field with == or `in` are dispatched through a dict once
@@ -53,9 +53,16 @@ def generate(policy: CheckedPolicy, version: str = "") -> Generated:
     return _Writer(policy).write(version)
 
 
+def generate_tools(policy: CheckedPolicy, version: str = "") -> Generated:
+    """decide_tool(server, tool, args, headers, key, ip, now) over the `for tools` rules."""
+    return _Writer(policy, tools=True).write(version)
+
+
 class _Writer:
-    def __init__(self, policy: CheckedPolicy):
+    def __init__(self, policy: CheckedPolicy, tools: bool = False):
         self.policy = policy
+        self.tools = tools
+        self.rules = policy.tool_rules if tools else policy.rules
         self.lines: list[str] = []
         self.line_map: dict[int, Location] = {}
         self.constants: dict[str, object] = {}
@@ -84,7 +91,7 @@ class _Writer:
     # ---- the whole function ---------------------------------------------------------------
 
     def write(self, version: str) -> Generated:
-        rules = self._reachable(self.policy.rules)
+        rules = self._reachable(self.rules)
         self._collect_fields(rules)
         self.emit(0, f"# edgerules policy {version or '(unversioned)'}: generated code, do not edit.")
         self.emit(0, f"# Runtime helpers: {', '.join(RUNTIME_HELPERS)}; constants _K*, patterns _R*, dispatch _D*.")
@@ -95,7 +102,10 @@ class _Writer:
             else:
                 body.append(("rule", group))
         self.emit(0, "")
-        self.emit(0, f"def decide({', '.join(DECIDE_ARGS)}):")
+        if self.tools:
+            self.emit(0, f"def decide_tool({', '.join(DECIDE_TOOL_ARGS)}):")
+        else:
+            self.emit(0, f"def decide({', '.join(DECIDE_ARGS)}):")
         self.emit(1, "d = _Decision()")
         self.emit(1, "m = d.matched = []")
         ended = False
@@ -112,7 +122,7 @@ class _Writer:
                 self.emit(1, f"if b is not None and b(d, m, {', '.join(params)}):")
                 self.emit(2, "return d")
         if not ended:
-            self.emit(1, 'return _finish(d, body.get("model") or "")')
+            self.emit(1, "return d" if self.tools else 'return _finish(d, body.get("model") or "")')
         return Generated("\n".join(self.lines) + "\n", self.constants, self.line_map)
 
     @staticmethod
@@ -133,9 +143,9 @@ class _Writer:
         used = set()
         for key in sorted(seen, key=lambda k: (k[0], k[1] or "")):
             name, arg = key
-            if name in ("header", "metadata", "body"):
+            if name in ("header", "metadata", "body", "arg"):
                 base = re.sub(r"[^A-Za-z0-9]", "_", arg.lower())[:40]
-                local = f"{ {'header': 'h', 'metadata': 'md', 'body': 'b'}[name] }_{base}"
+                local = f"{ {'header': 'h', 'metadata': 'md', 'body': 'b', 'arg': 'a'}[name] }_{base}"
                 while local in used:
                     local += "_"
             else:
@@ -245,6 +255,8 @@ class _Writer:
         k = a.kind
         if k == "deny":
             self.emit(indent, f"d.deny = {a.value!r}")
+        elif k == "hide":
+            self.emit(indent, "d.hide = True")
         elif k == "route":
             self.emit(indent, f"d.route = {self.const(a.value)}")
             if a.sticky:
@@ -315,13 +327,13 @@ class _Writer:
             if matcher is None:
                 matcher = self._matchers[e.right.value] = memo_search(self.policy.regexes[e.right.value])
             core = f"{self.const(matcher, '_R')}({left})"
-            needs_guard = False
+            needs_guard = True      # only nullable fields (body.PATH, arg()) get a guard
         elif op == "contains":
             core = f"{self.expr(e.right)} in {left}"
-            needs_guard = False
+            needs_guard = True
         elif op in ("starts_with", "ends_with"):
             core = f"{left}.{op.replace('_', '')}({self.expr(e.right)})"
-            needs_guard = False
+            needs_guard = True
         else:
             core = f"{left} {op} {self.expr(e.right)}"
             needs_guard = op != "==" or all(isinstance(x, ast.Field) for x in (e.left, e.right))

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .check import CheckedPolicy
-from .codegen import Generated, generate
-from .decision import Decision, finish_without_route
+from .codegen import Generated, generate, generate_tools
+from .decision import Decision, ToolDecision, finish_without_route
 from .schema import (
     body_path, body_typed, count_messages, estimate_tokens, forces_tool, parse_metadata,
     response_format_type, tool_names,
@@ -20,6 +20,8 @@ class CompiledPolicy:
     decide: Callable[..., Decision]
     generated: Generated
     filename: str
+    decide_tool: Callable[..., ToolDecision] | None = None   # None: the policy has no tool rule
+    generated_tools: Generated | None = None
 
 
 def compile_policy(policy: CheckedPolicy, version: str) -> CompiledPolicy:
@@ -45,9 +47,23 @@ def compile_policy(policy: CheckedPolicy, version: str) -> CompiledPolicy:
         "_body_typed": body_typed,
         **generated.constants,
     }
+    decide = _exec(generated, filename, namespace)["decide"]
+    if not policy.tool_rules:
+        return CompiledPolicy(decide, generated, filename)
+    # Tool rules are a function of their own, in a namespace of their own: model rules never
+    # see a tool call and tool rules never see a model request.
+    tools = generate_tools(policy, version)
+    tool_namespace = {"__builtins__": {}, "_Decision": ToolDecision, "_parse_metadata": parse_metadata,
+                      "_gmtime": time.gmtime, "_body_path": body_path, "_body_typed": body_typed,
+                      **tools.constants}
+    decide_tool = _exec(tools, f"<edgerules tool rules {version}>", tool_namespace)["decide_tool"]
+    return CompiledPolicy(decide, generated, filename, decide_tool, tools)
+
+
+def _exec(generated: Generated, filename: str, namespace: dict) -> dict:
     code = compile(generated.source, filename, "exec")
     exec(code, namespace)
     # Tracebacks through generated code then show its lines.
     lines = generated.source.splitlines(keepends=True)
     linecache.cache[filename] = (len(generated.source), None, lines, filename)
-    return CompiledPolicy(namespace["decide"], generated, filename)
+    return namespace

@@ -75,3 +75,33 @@ def finish_without_route(decision: Decision, model: str, providers) -> Decision:
                           f"the model '{model}' does not exist or no rule routes it" if model
                           else "no model given and no rule routes the request")
     return decision
+
+
+class ToolDecision:
+    """What the tool rules decided for one tool call (or, with no arguments, for listing a tool).
+
+    Defaults on the class, as for Decision: a walk writes only what it changes."""
+
+    matched: list = ()
+    rule: str | None = None     # the rule that ended the walk (deny or hide), if any
+    deny: str | None = None     # the message the agent gets as a tool error
+    hide: bool = False          # not listed for this caller, refused if called
+    limits: tuple = ()          # ((LimitSpec, by values), ...): `limit calls`
+    retry = None                # RetrySpec
+    timeout: float | None = None
+    tags: tuple = ()
+    log: str = "meta"
+
+    @property
+    def action(self) -> str:
+        return "hide" if self.hide else "deny" if self.deny is not None else "call"
+
+    def to_dict(self) -> dict:
+        return {"matched": list(self.matched), "action": self.action, "rule": self.rule,
+                "deny": {"message": self.deny} if self.deny is not None else None,
+                "limits": [spec.to_dict(values) for spec, values in self.limits],
+                "retry": self.retry.to_dict() if self.retry is not None else None,
+                "timeout": self.timeout, "tags": list(self.tags), "log": self.log}
+
+    def __repr__(self) -> str:
+        return f"ToolDecision({self.to_dict()!r})"

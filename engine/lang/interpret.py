@@ -7,7 +7,7 @@ from __future__ import annotations
 from . import ast
 from .check import CheckedPolicy
 from .check.expressions import is_cidr_test
-from .decision import Decision, finish_without_route
+from .decision import Decision, ToolDecision, finish_without_route
 from .schema import cidr_matcher, extractor
 
 
@@ -30,9 +30,27 @@ class Interpreter:
                     return d
         return finish_without_route(d, body.get("model") or "", self.policy.providers)
 
+    def decide_tool(self, server, tool, args, headers, key, ip, now) -> ToolDecision:
+        request = {"server": server, "tool": tool, "args": args, "headers": headers, "key": key,
+                   "ip": ip, "now": now}
+        d = ToolDecision()
+        d.matched = []
+        for rule in self.policy.tool_rules:
+            if rule.when is not None and not self.eval(rule.when, request):
+                continue
+            d.matched.append(rule.name)
+            for action in rule.actions:
+                if self.apply(d, action, request):
+                    d.rule = rule.name
+                    return d
+        return d
+
     def apply(self, d: Decision, a, request) -> bool:
         """Carry out one action; True when it ends the walk."""
         values = tuple(self.eval(e, request) for e in a.by)
+        if a.kind == "hide":
+            d.hide = True
+            return True
         if a.kind == "deny":
             d.deny = a.value
             return True

@@ -11,7 +11,7 @@ from typing import Mapping
 from . import ast
 from .check import CheckedPolicy, check_program
 from .compiler import CompiledPolicy, compile_policy
-from .decision import Decision
+from .decision import Decision, ToolDecision
 from .errors import Diagnostic, PolicyError
 from .interpret import Interpreter
 from .parse import parse_source
@@ -110,12 +110,18 @@ class Policy:
         self.providers: dict[str, ProviderSpec] = checked.providers
         self.keys = checked.keys
         self.rules = tuple(r.name for r in checked.rules)
+        self.servers: dict = checked.servers          # name -> McpSpec | ApiSpec
+        self.tool_rules = tuple(r.name for r in checked.tool_rules)
         self.limits: tuple[LimitSpec, ...] = tuple(
-            a.value for r in checked.rules for a in r.actions if a.kind == "limit")
+            a.value for r in (*checked.rules, *checked.tool_rules) for a in r.actions if a.kind == "limit")
         self._compiled = compiled
         # The raw decision functions: (body, headers, key, path, method, ip, now), no validation.
         self.evaluate = compiled.decide
-        self.interpret = Interpreter(checked).decide
+        interpreter = Interpreter(checked)
+        self.interpret = interpreter.decide
+        # (server, tool, args, headers, key, ip, now); None when the policy has no tool rule.
+        self.evaluate_tool = compiled.decide_tool
+        self.interpret_tool = interpreter.decide_tool
 
     def decide(self, body: dict, headers: Mapping[str, str] | None = None, key: str = "", *,
                path: str = "/v1/chat/completions", method: str = "POST", ip: str = "127.0.0.1",
@@ -130,9 +136,24 @@ class Policy:
         fn = self.evaluate if engine == "compiled" else self.interpret
         return fn(body, low, key or "", path, method, ip, time.time() if now is None else now)
 
+    def decide_tool(self, server: str, tool: str, args: dict | None = None,
+                    headers: Mapping[str, str] | None = None, key: str = "", *, ip: str = "127.0.0.1",
+                    now: float | None = None, engine: str = "compiled") -> ToolDecision:
+        """The tool rules' decision for one call of SERVER's TOOL with ARGS (model rules never run)."""
+        if engine not in ("compiled", "interpreted"):
+            raise ValueError(f"engine must be 'compiled' or 'interpreted', not {engine!r}")
+        low = {k.lower(): v for k, v in (headers or {}).items()}
+        fn = self.evaluate_tool if engine == "compiled" else self.interpret_tool
+        if fn is None:
+            return ToolDecision()
+        return fn(server, tool, args if isinstance(args, dict) else {}, low, key or "", ip,
+                  time.time() if now is None else now)
+
     def source(self) -> str:
-        """The generated Python source of the compiled decision function."""
-        return self._compiled.generated.source
+        """The generated Python source of the compiled decision function (and of the tool rules')."""
+        tools = self._compiled.generated_tools
+        main = self._compiled.generated.source
+        return main if tools is None else main + "\n\n" + tools.source
 
     def models(self) -> list[str]:
         """Every "provider/model" a rule can route to, then "provider/*" for pass-through targets."""

@@ -19,6 +19,7 @@ class FieldDef:
     form: str              # plain | call (header("x")) | dotted (metadata.x)
     nullable: bool         # may be missing: then every comparison with it is false
     doc: str
+    scope: str = "model"   # model | tool | both: the rules that may read it
 
 
 FIELDS: dict[str, FieldDef] = {f.name: f for f in (
@@ -29,26 +30,32 @@ FIELDS: dict[str, FieldDef] = {f.name: f for f in (
     FieldDef("input_tokens", "number", "plain", False, "estimated tokens of the prompt"),
     FieldDef("messages", "number", "plain", False, "how many messages"),
     FieldDef("user", "string", "plain", False, "the request's user field"),
-    FieldDef("key", "string", "plain", False, "name of the authenticated key"),
+    FieldDef("key", "string", "plain", False, "name of the authenticated key", "both"),
     FieldDef("path", "string", "plain", False, "the HTTP path"),
     FieldDef("method", "string", "plain", False, "the HTTP method"),
-    FieldDef("ip", "string", "plain", False, "the client address"),
-    FieldDef("header", "string", "call", False, "a request header, \"\" when absent"),
-    FieldDef("metadata", "string", "dotted", False, "from the x-edgerules-metadata header"),
-    FieldDef("hour", "number", "plain", False, "UTC hour, 0-23"),
-    FieldDef("weekday", "number", "plain", False, "UTC weekday, 0 (Monday) - 6"),
+    FieldDef("ip", "string", "plain", False, "the client address", "both"),
+    FieldDef("header", "string", "call", False, "a request header, \"\" when absent", "both"),
+    FieldDef("metadata", "string", "dotted", False, "from the x-edgerules-metadata header", "both"),
+    FieldDef("hour", "number", "plain", False, "UTC hour, 0-23", "both"),
+    FieldDef("weekday", "number", "plain", False, "UTC weekday, 0 (Monday) - 6", "both"),
     FieldDef("tools", "list", "plain", False, "names of the tools the request offers: \"shell\" in tools"),
     FieldDef("forces_tool", "bool", "plain", False, "tool_choice makes the model call a tool"),
     FieldDef("response_format", "string", "plain", False,
              "text, json_object or json_schema; \"\" when the request asks for none"),
     FieldDef("body", "any", "dotted", True,
              "any body field by path (body.metadata.team), typed by what it is compared with"),
+    FieldDef("server", "string", "plain", False, "the tool's server or api, as declared", "tool"),
+    FieldDef("tool", "string", "plain", False, "the tool's own name on its server", "tool"),
+    FieldDef("arg", "any", "call", True,
+             "a call argument by path (arg(\"a.b\")), typed by what it is compared with", "tool"),
 )}
 
 METADATA_HEADER = "x-edgerules-metadata"
 
 # The arguments of every decision function, compiled or interpreted.
 DECIDE_ARGS = ("body", "headers", "key", "path", "method", "ip", "now")
+# The arguments of every tool decision function (tool rules never see a model request).
+DECIDE_TOOL_ARGS = ("server", "tool", "args", "headers", "key", "ip", "now")
 
 
 def field_names() -> list[str]:
@@ -276,6 +283,15 @@ def extractor(name: str, arg: str | None) -> Extractor:
         return Extractor("_count_messages(body)", lambda r: count_messages(r["body"]))
     if name == "user":
         return Extractor('body.get("user") or ""', lambda r: r["body"].get("user") or "")
+    if name in ("server", "tool"):
+        return Extractor(name, lambda r: r[name])
+    if name == "arg":
+        dotted, _, kind = arg.partition("#")
+        path = tuple(dotted.split("."))
+        if not kind:
+            return Extractor(f"_body_path(args, {path!r})", lambda r: body_path(r["args"], path))
+        return Extractor(f"_body_typed(_body_path(args, {path!r}), {kind!r})",
+                         lambda r: body_typed(body_path(r["args"], path), kind))
     if name in ("key", "path", "method", "ip"):
         return Extractor(name, lambda r: r[name])
     if name == "header":

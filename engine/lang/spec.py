@@ -60,6 +60,77 @@ class KeySpec:
     name: str
     secret: str | None = field(default=None, repr=False)
     sha256: str | None = None
+    tools: tuple[str, ...] | None = None   # globs of the SERVER__TOOL names it may see; None: all
+
+    def sees_tool(self, name: str) -> bool:
+        if self.tools is None:
+            return True
+        from fnmatch import fnmatchcase
+        return any(fnmatchcase(name, glob) for glob in self.tools)
+
+
+TOOL_SEPARATOR = "__"      # a tool is exposed as SERVER__TOOL
+
+
+@dataclass(frozen=True, slots=True)
+class McpSpec:
+    """`mcp NAME { ... }`: an MCP server reached over streamable HTTP (or a built-in one)."""
+
+    name: str
+    url: str | None = None
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    cooldown: float = DEFAULT_COOLDOWN
+    failures: int = DEFAULT_FAILURES
+    builtin: str | None = None             # `builtin echo`: served inside the gateway
+
+    kind = "mcp"
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(v for _, v in self.headers if v)
+
+    def identity(self) -> tuple:
+        """What an upstream session depends on; a change means a new session."""
+        return (self.url, self.headers, self.builtin)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiOperation:
+    """One OpenAPI operation with an operationId: a tool named by it."""
+
+    name: str                              # the operationId
+    method: str                            # GET, POST, ...
+    path: str                              # /invoices/{id}
+    params: tuple[tuple[str, str], ...]    # (name, where: path | query | header)
+    body: str                              # "": none; fields: the other arguments; value: arguments["body"]
+    description: str
+    input_schema: str                      # JSON text of the tool's input schema
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSpec:
+    """`api NAME { ... }`: an HTTP API described by an OpenAPI 3 document read at load time."""
+
+    name: str
+    url: str
+    operations: tuple[ApiOperation, ...] = ()
+    api_key: str | None = field(default=None, repr=False)
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    cooldown: float = DEFAULT_COOLDOWN
+    failures: int = DEFAULT_FAILURES
+    openapi: str = ""                      # the document's path, as resolved
+
+    kind = "api"
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(v for v in (self.api_key, *(v for _, v in self.headers)) if v)
+
+    def identity(self) -> tuple:
+        return (self.url, self.api_key, self.headers)
+
+    def tool_names(self) -> tuple[str, ...]:
+        return tuple(f"{self.name}{TOOL_SEPARATOR}{op.name}" for op in self.operations)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from .declarations import DEFAULT_URLS, FORMATS, DeclarationChecks
 from .expressions import ExpressionChecks
 from .lint import lint
 from .rules import RuleChecks
+from .tools import ToolChecks
 
 __all__ = ["check_program", "CheckedAction", "CheckedPolicy", "CheckedRule", "FORMATS", "DEFAULT_URLS"]
 
@@ -28,7 +29,7 @@ def check_program(program: ast.Program, env: Mapping[str, str] | None = None
     return checker.run(program), checker.diagnostics
 
 
-class _Checker(DeclarationChecks, RuleChecks, ExpressionChecks):
+class _Checker(ToolChecks, DeclarationChecks, RuleChecks, ExpressionChecks):
     def __init__(self, env: Mapping[str, str]):
         self.env = env
         self.diagnostics: list[Diagnostic] = []
@@ -36,6 +37,7 @@ class _Checker(DeclarationChecks, RuleChecks, ExpressionChecks):
         self.split_ids = 0
         self.body_kinds: dict[int, str] = {}   # id(body Field) -> the type its comparison expects
         self.providers: dict[str, ProviderSpec] = {}
+        self.servers: dict = {}
 
     def error(self, code: str, message: str, loc: Location | None, hint: str | None = None):
         self.diagnostics.append(Diagnostic(code, message, loc, "error", hint))
@@ -49,14 +51,18 @@ class _Checker(DeclarationChecks, RuleChecks, ExpressionChecks):
 
     def run(self, program: ast.Program) -> CheckedPolicy:
         self.providers = self._providers(program.providers)
+        self.servers = self._servers(program.servers)
         keys = self._keys(program.keys)
-        rules = self._rules(program.rules)
+        self._key_tools(program.keys)
+        model_rules = tuple(r for r in program.rules if not r.for_tools)
+        rules = self._rules(model_rules)
+        tool_rules = self._tool_rules(tuple(r for r in program.rules if r.for_tools), model_rules)
         self._warn_missing_prices(rules)
         lint(self, program, rules)
-        if not (rules or self.providers or keys):
+        if not (rules or self.providers or keys or self.servers or tool_rules):
             # Often a file caught half-written (an editor's truncate-then-write), rarely meant.
             self.warn("empty-policy", "the policy is empty: no rule, provider or key; every request "
                       "is answered 404", None,
                       hint="a hot reload refuses a policy that drops every rule, provider or key "
                            "(POST /admin/reload?force=1 installs it anyway)")
-        return CheckedPolicy(self.providers, keys, rules, self.regexes)
+        return CheckedPolicy(self.providers, keys, rules, self.regexes, self.servers, tool_rules)

@@ -19,7 +19,7 @@ class CheckedAction:
 
     @property
     def terminal(self) -> bool:
-        return self.kind in ("deny", "route")
+        return self.kind in ("deny", "route", "hide")
 
     def targets(self) -> list:
         """The target trees this action can send a request to: its route, or a limit's else."""
@@ -44,3 +44,5 @@ class CheckedPolicy:
     keys: tuple[KeySpec, ...]
     rules: tuple[CheckedRule, ...]
     regexes: dict[str, object] = field(default_factory=dict)
+    servers: dict = field(default_factory=dict)        # name -> McpSpec | ApiSpec
+    tool_rules: tuple[CheckedRule, ...] = ()            # `rule NAME for tools`

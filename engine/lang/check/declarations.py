@@ -179,7 +179,7 @@ class DeclarationChecks:
         for decl in decls:
             if self._duplicate("key", decl.name, decl.loc, seen):
                 continue
-            secret = digest = None
+            secret = digest = tools = None
             set_at: dict = {}
             for s in decl.settings:
                 if not self._once(decl.settings, set_at, s):
@@ -190,9 +190,11 @@ class DeclarationChecks:
                     digest = s.args[0].lower()
                     if not _SHA256.fullmatch(digest):
                         self.error("bad-sha256", "sha256 must be 64 hexadecimal digits", s.loc)
+                elif s.name == "tools":
+                    tools = tuple(glob for glob, _ in s.args)   # checked against servers in tools.py
             if ("secret" in set_at) == ("sha256" in set_at):
                 self.error("key-secret", f"key '{decl.name}' needs exactly one of secret or sha256", decl.loc)
             elif secret == "":
                 self.error("key-secret", f"the secret of key '{decl.name}' is empty", set_at["secret"])
-            out.append(KeySpec(decl.name, secret or None, digest))
+            out.append(KeySpec(decl.name, secret or None, digest, tools))
         return tuple(out)
