@@ -58,6 +58,8 @@ class Metrics:
         self.limited: Counter = Counter()         # (rule,)
         self.tags: Counter = Counter()            # (tag,)
         self.reloads: Counter = Counter()         # (result,)
+        self.tool_calls: Counter = Counter()      # (server, decision, status): calls at /mcp
+        self.tool_seconds: Counter = Counter()    # (server,): their time
         self.cache: Counter = Counter()           # (result,): hit | miss
         self.cost: Counter = Counter()            # (key, provider, model) -> USD
         self.latency = [0] * (len(_BUCKETS) + 1)
@@ -123,6 +125,14 @@ class Metrics:
     def upstream(self, provider: str, outcome: str) -> None:
         self.upstream_calls[(provider, outcome)] += 1
 
+    def tool_call(self, server: str, decision: str, status: str, seconds: float) -> None:
+        """One tools/call at /mcp (server names come from the policy; an unknown one is 'other')."""
+        server = server if server in self.tool_servers else OTHER
+        self.tool_calls[(server, decision, status)] += 1
+        self.tool_seconds[(server,)] += seconds
+
+    tool_servers: frozenset = frozenset()
+
     def render(self, health: dict | None = None, version: str = "") -> str:
         out: list[str] = []
         _counter(out, "edgerules_requests_total", "Requests answered, by route, status and cache.",
@@ -131,6 +141,11 @@ class Metrics:
                  ("provider", "outcome"), self.upstream_calls)
         _counter(out, "edgerules_limited_total", "Requests refused or rerouted by a limit, by rule.",
                  ("rule",), self.limited)
+        _counter(out, "edgerules_tool_calls_total", "Tool calls at /mcp, by server, decision (call, denied, "
+                 "limited, unknown) and status (ok, error, refused, failed, unavailable).",
+                 ("server", "decision", "status"), self.tool_calls)
+        _counter(out, "edgerules_tool_call_seconds_total", "Time spent answering tool calls, by server.",
+                 ("server",), self.tool_seconds, "{:.6f}")
         _counter(out, "edgerules_tagged_requests_total", "Requests by tag.", ("tag",), self.tags)
         _counter(out, "edgerules_cache_lookups_total", "Response cache lookups, by result (hit, miss).",
                  ("result",), self.cache)

@@ -55,6 +55,7 @@ def policy_redactor(policy) -> Redactor:
     found = _by_policy.get(policy)
     if found is None:
         secrets = [secret for spec in policy.providers.values() for secret in spec.secrets()]
+        secrets += [secret for spec in getattr(policy, "servers", {}).values() for secret in spec.secrets()]
         secrets += [key.secret for key in policy.keys]
         found = _by_policy[policy] = Redactor(secrets)
     return found

@@ -251,6 +251,7 @@ async def admin_policy(request: Request) -> Response:
                    **(gw.canary.stable_status() if gw.canary else {})},
         "canary": gw.canary.status() if gw.canary else None,
         "last_canary": gw.last_canary,
+        **(gw.tools.status() if gw.tools is not None else {}),
     })
 
 
@@ -320,11 +321,18 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         # A SIGHUP fanned out before the lifespan installs its handler must not end the worker.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
+    from ..tools.gateway import ToolGateway
+    from ..tools.server import McpEndpoint
+    mcp_endpoint = None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        nonlocal mcp_endpoint
         gw = Gateway(max_body=max_body, state_uri=state_uri)
         policy = load_policy(rules)
+        gw.tools = ToolGateway(gw)   # the tool gateway at /mcp; install() gives it the servers
         gw.install(policy)
+        mcp_endpoint = McpEndpoint(gw)
         _attach_state_backends(gw, state_uri)
         if env["otel_endpoint"]:
             from ..observe.traces import Tracer   # the otel extra: imported only when asked for
@@ -351,7 +359,8 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         log.info("policy %s loaded from %s: %d rules, %d providers, %d keys", policy.version, rules,
                  len(policy.rules), len(policy.providers), len(policy.keys))
         try:
-            yield
+            async with mcp_endpoint.run():
+                yield
         finally:
             await reloader.stop()
             if gw.tracer is not None:
@@ -359,6 +368,13 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
             if gw.request_log is not None:
                 await gw.request_log.close()   # writes what is queued
             await gw.close()
+
+    async def _mcp_app(scope, receive, send):
+        await mcp_endpoint(scope, receive, send)
+
+    class _Mcp:     # an ASGI app, not a function: Starlette's Route then passes the raw scope
+        __call__ = staticmethod(_mcp_app)
+    _mcp = _Mcp()
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -368,6 +384,7 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         Route("/v1/responses", responses, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/mcp", _mcp, methods=["GET", "POST", "DELETE"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/admin/policy", admin_policy, methods=["GET"]),

@@ -51,6 +51,7 @@ class Gateway:
         self.request_log = None   # edgerules.observe.requestlog.RequestLog, when a log store is set
         self.canary = None        # edgerules.gateway.canary.Canary while one is served
         self.last_canary: dict | None = None   # how the last canary ended
+        self.tools = None         # edgerules.tools.gateway.ToolGateway: /mcp, set by the app
 
     # ---- policy swaps -------------------------------------------------------------------
 
@@ -71,6 +72,9 @@ class Gateway:
         changed["removed"] = [n for n in old_providers if n not in policy.providers]
         live = Live(policy, providers, KeyRing(policy.keys))
         self.live = live
+        self.metrics.tool_servers = frozenset(policy.servers)
+        if self.tools is not None:
+            changed["tools"] = self.tools.install(policy)
         self._know()
         self.health.forget(policy.providers)
         if old is not None:
@@ -166,6 +170,8 @@ class Gateway:
         if self.canary is not None:
             for provider in self.canary.live.providers.values():
                 await provider.close()
+        if self.tools is not None:
+            await self.tools.close()
         if self.limiter is not None:
             await self.limiter.close()
         await self.health.close()
