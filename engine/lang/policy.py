@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Mapping
@@ -47,6 +48,40 @@ def read_sources(path: str | os.PathLike) -> list[Source]:
     return sources
 
 
+# Parsed files kept between loads in this process, so a reload re-parses only the files that
+# changed: keyed by (file name, sha256 of the text); the AST is frozen, so sharing it is safe.
+PARSE_CACHE_FILES = 1024
+PARSE_CACHE_CHARS = 64 * 1024 * 1024    # of source text: bounds the ASTs kept as well
+_parsed: dict[tuple[str, str], tuple] = {}   # oldest first
+_parsed_lock = threading.Lock()
+_parse_stats = {"hits": 0, "misses": 0}
+
+
+def parse_cached(source: Source) -> tuple[ast.Program | None, list[Diagnostic]]:
+    """parse_source(), reusing the parse of a file whose name and text were parsed before."""
+    key = (source.name, hashlib.sha256(source.text.encode()).hexdigest())
+    with _parsed_lock:
+        hit = _parsed.pop(key, None)
+        if hit is not None:
+            _parsed[key] = hit   # now the most recent
+            _parse_stats["hits"] += 1
+            return hit[0], list(hit[1])
+    program, errors = parse_source(source)
+    with _parsed_lock:
+        _parse_stats["misses"] += 1
+        _parsed[key] = (program, tuple(errors), len(source.text))
+        total = sum(entry[2] for entry in _parsed.values())
+        while len(_parsed) > 1 and (len(_parsed) > PARSE_CACHE_FILES or total > PARSE_CACHE_CHARS):
+            total -= _parsed.pop(next(iter(_parsed)))[2]
+    return program, errors
+
+
+def parse_cache_info() -> dict:
+    """{"hits", "misses", "files"}: how many file parses were reused, done, and are kept."""
+    with _parsed_lock:
+        return {**_parse_stats, "files": len(_parsed)}
+
+
 def version_of(sources: list[Source]) -> str:
     digest = hashlib.sha256()
     for source in sources:
@@ -80,7 +115,7 @@ def _build(sources: list[Source], env: Mapping[str, str] | None, path: str) -> "
     by_name = {s.name: s for s in sources}
     program, diagnostics = None, []
     for source in sources:
-        parsed, errors = parse_source(source)
+        parsed, errors = parse_cached(source)
         diagnostics.extend(errors)
         if parsed is not None:
             program = parsed if program is None else program.merge(parsed)
