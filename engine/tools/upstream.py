@@ -8,9 +8,10 @@ import contextlib
 import logging
 from datetime import timedelta
 
+import httpx
 import mcp.types as types
 from mcp import ClientSession
-from mcp.client.streamable_http import streamablehttp_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import McpError
 
 from ..lang.spec import McpSpec
@@ -20,6 +21,7 @@ log = logging.getLogger("edgerules.tools")
 RECONNECT_FIRST = 0.2      # seconds before the first reconnection attempt, doubled up to:
 RECONNECT_MAX = 5.0
 CONNECT_TIMEOUT = 10.0     # an HTTP exchange of the session (initialize, tools/list)
+SSE_READ_TIMEOUT = 300.0   # the server's stream of notifications may stay quiet this long
 
 
 class ToolFailure(Exception):
@@ -82,8 +84,10 @@ class McpUpstream:
                     isinstance(message.root, types.ToolListChangedNotification):
                 self._refresh.set()
 
-        headers = dict(self.spec.headers)
-        async with streamablehttp_client(self.spec.url, headers=headers, timeout=CONNECT_TIMEOUT) as (r, w, _):
+        # No proxy from the environment: the servers are the policy's, reached as written.
+        client = httpx.AsyncClient(headers=dict(self.spec.headers), trust_env=False, follow_redirects=False,
+                                   timeout=httpx.Timeout(CONNECT_TIMEOUT, read=SSE_READ_TIMEOUT))
+        async with client, streamable_http_client(self.spec.url, http_client=client) as (r, w, _):
             async with ClientSession(r, w, message_handler=on_message) as session:
                 await asyncio.wait_for(session.initialize(), CONNECT_TIMEOUT)
                 self.tools = await self._list(session)
