@@ -39,6 +39,15 @@ def github() -> FastMCP:
         return "purged"
 
     @server.tool()
+    async def add_tool(name: str, ctx: Context) -> str:
+        """Register a new tool NAME (it answers "NAME here") and tell clients the list changed."""
+        def fresh() -> str:
+            return f"{name} here"
+        server.add_tool(fresh, name=name, description="added at run time")
+        await ctx.session.send_tool_list_changed()
+        return f"added {name}"
+
+    @server.tool()
     def echo_auth(ctx: Context) -> str:
         """Answers the Authorization header this server received (a leak the gateway must redact)."""
         return "you sent: " + ctx.request_context.request.headers.get("authorization", "")

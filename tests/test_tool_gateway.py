@@ -140,7 +140,7 @@ def gateway_with_policy(gateways, tmp_path, servers, rules: str = RULES, **kw):
     return gw
 
 
-ALL_GITHUB = ["github__admin_purge", "github__delete_repo", "github__echo_auth", "github__search_code",
+ALL_GITHUB = ["github__add_tool", "github__admin_purge", "github__delete_repo", "github__echo_auth", "github__search_code",
               "github__search_issues"]
 ALL_FILES = ["files__list_dir", "files__read_file"]
 ALL_BILLING = ["billing__delete_invoice", "billing__echo_auth", "billing__get_invoice", "billing__get_invoices",
@@ -292,10 +292,34 @@ def test_a_reload_adds_a_server(gateways, tmp_path, servers):
     assert text_of(call(gw, "ops", "files__read_file", {"path": "/r"})) == "contents of /r"
     assert "github__search_code" in tool_names(gw, "ops")   # the kept server's session survived
 
+    # a server removed, an api added, then its OpenAPI document changed alone
+    smaller = {**OPENAPI, "paths": {k: v for k, v in OPENAPI["paths"].items() if k != "/invoices"}}
+    (gw.rules / "policy.rules").write_text(declarations(servers, ("files", "billing")) + keys(("files", "billing")))
+    (gw.rules / "billing.openapi.json").write_text(json.dumps(smaller))
+    assert gw.http.post("/admin/reload").json()["ok"] is True
+    names = tool_names(gw, "ops")
+    assert not any(n.startswith("github__") for n in names)
+    assert "billing__get_invoice" in names and "billing__get_invoices" not in names
+    (gw.rules / "billing.openapi.json").write_text(json.dumps(OPENAPI))
+    assert gw.http.post("/admin/reload").json()["changed"] is True
+    assert "billing__get_invoices" in tool_names(gw, "ops")
+
+
+def test_a_server_that_changes_its_tools_is_listed_again(gateways, tmp_path, servers):
+    github = start_mcp("github", token=GH_TOKEN)
+    try:
+        gw = gateway_with_policy(gateways, tmp_path, {**servers, "github": github}, "", names=("github",))
+        assert "github__fresh" not in tool_names(gw, "ops")
+        assert text_of(call(gw, "ops", "github__add_tool", {"name": "fresh"})) == "added fresh"
+        wait_until(lambda: "github__fresh" in tool_names(gw, "ops"), 30, interval=0.1,
+                   what="the tool announced by notifications/tools/list_changed")
+        assert text_of(call(gw, "ops", "github__fresh")) == "fresh here"
+    finally:
+        github.stop()
+
 
 def test_the_shipped_demo_runs_offline(gateways, tmp_path):
-    gw = gateways(Path("rules").read_text() if False else (HERE.parent / "rules" / "40-tools.rules").read_text()
-                  + "\nprovider echo { format echo }\n")
+    gw = gateways((HERE.parent / "rules" / "40-tools.rules").read_text())
     assert tool_names(gw, None) == ["demo__add", "demo__echo"]
     assert text_of(call(gw, None, "demo__add", {"a": 2, "b": 3})) == "5"
     assert text_of(call(gw, None, "demo__add", {"a": 2_000_000, "b": 1})) == "sums over a million need a human"

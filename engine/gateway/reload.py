@@ -69,7 +69,8 @@ class Reloader:
             return self._failed(exc, reason)
         except OSError as exc:
             return self._failed(PolicyError([_io_diagnostic(exc)]), reason)
-        if old is not None and policy.version == old.version:
+        # The version hashes the .rules files; an api's OpenAPI document can change on its own.
+        if old is not None and policy.version == old.version and policy.servers == old.servers:
             self._failed_version = None
             self.gw.last_error = None
             return {"ok": True, "version": policy.version, "changed": False}
