@@ -97,8 +97,10 @@ def cmd_check(args) -> int:
         return 1
     if policy.warnings or policy.notes:
         print(render_all(policy.warnings + policy.notes, policy.sources), file=sys.stderr)
+    tools = (f", {len(policy.tool_rules)} tool rule(s), {len(policy.servers)} tool server(s)"
+             if policy.tool_rules or policy.servers else "")
     print(f"{args.path}: ok: {len(policy.files)} file(s), {len(policy.rules)} rule(s), "
-          f"{len(policy.providers)} provider(s), {len(policy.keys)} key(s); version {policy.version}")
+          f"{len(policy.providers)} provider(s), {len(policy.keys)} key(s){tools}; version {policy.version}")
     return 0
 
 

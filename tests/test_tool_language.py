@@ -222,3 +222,57 @@ def test_a_build_without_files_knows_no_openapi_document():
     with pytest.raises(PolicyError) as info:
         build_policy([Source("t.rules", 'api b { url "http://y" }\n')], {})
     assert [d.code for d in info.value.diagnostics] == ["bad-openapi"]
+
+
+# ---- compiled and interpreted tool decisions agree (random rules and calls) ------------------
+
+from hypothesis import given, settings, strategies as st   # noqa: E402
+
+_SERVERS = ("gh", "fs")
+_TOOLS = ("search", "delete_x", "admin_y", "read")
+_VALUES = st.one_of(st.integers(-5, 5), st.sampled_from(["a", "b", "delete"]), st.booleans(), st.none())
+_ARGS = st.dictionaries(st.sampled_from(["n", "s", "b"]),
+                        st.one_of(_VALUES, st.dictionaries(st.sampled_from(["n", "s"]), _VALUES, max_size=2)),
+                        max_size=3)
+
+
+def _condition():
+    compare = st.one_of(
+        st.sampled_from(_SERVERS).map(lambda s: f'server == "{s}"'),
+        st.sampled_from(_TOOLS).map(lambda t: f'tool == "{t}"'),
+        st.sampled_from(["delete", "admin_", "s"]).map(lambda p: f'tool starts_with "{p}"'),
+        st.tuples(st.sampled_from(["n", "s.n", "b.n"]), st.sampled_from([">", "<=", "==", "!="]),
+                  st.integers(-3, 3)).map(lambda t: f'arg("{t[0]}") {t[1]} {t[2]}'),
+        st.tuples(st.sampled_from(["s", "n.s"]), st.sampled_from(["a", "del"])).map(
+            lambda t: f'arg("{t[0]}") contains "{t[1]}"'),
+        st.sampled_from(["true", "false"]).map(lambda v: f'arg("b") == {v}'),
+        st.sampled_from(['key == "k1"', 'key != "k2"', 'header("x-t") == "ops"', "hour >= 0"]),
+    )
+    return st.lists(compare, min_size=1, max_size=3).map(lambda parts: " and ".join(parts))
+
+
+_ACTION = st.sampled_from(['deny "no"', "hide", 'tag "t"', "timeout 3s", "limit calls 3 per 1m by key",
+                           "retry 2", "log full"])
+_RULE = st.tuples(st.one_of(st.none(), _condition()), st.lists(_ACTION, min_size=1, max_size=3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(rules=st.lists(_RULE, min_size=1, max_size=6),
+       calls=st.lists(st.tuples(st.sampled_from(_SERVERS), st.sampled_from(_TOOLS), _ARGS,
+                                st.sampled_from(["", "k1", "k2"]), st.sampled_from([{}, {"x-t": "ops"}])),
+                      min_size=1, max_size=8))
+def test_compiled_and_interpreted_tool_decisions_agree(rules, calls):
+    text = 'mcp gh { url "http://x" }\nmcp fs { url "http://y" }\n'
+    for i, (cond, actions) in enumerate(rules):
+        when = f"    when {cond}\n" if cond else ""
+        text += f"rule r{i} for tools {{\n{when}" + "".join(f"    {a}\n" for a in actions) + "}\n"
+    try:
+        policy = build_policy([Source("t.rules", text)], {})
+    except PolicyError as exc:
+        # Only checks that do not depend on tool fields may refuse a random policy.
+        assert {d.code for d in exc.diagnostics} <= {"type-mismatch"}, text
+        return
+    for server, tool, args, key, headers in calls:
+        compiled = policy.decide_tool(server, tool, args, headers, key, now=0).to_dict()
+        interpreted = policy.decide_tool(server, tool, args, headers, key, now=0, engine="interpreted").to_dict()
+        assert compiled == interpreted, (text, server, tool, args)
