@@ -210,8 +210,9 @@ def _describe(old, new, changes: dict) -> str:
     if old is None:
         return f"{len(new.rules)} rules, {len(new.providers)} providers"
     parts = []
-    added = [r for r in new.rules if r not in old.rules]
-    removed = [r for r in old.rules if r not in new.rules]
+    before, after = set(old.rules), set(new.rules)   # sets: 10,000 rules must not stall the event loop
+    added = [r for r in new.rules if r not in before]
+    removed = [r for r in old.rules if r not in after]
     if added:
         parts.append("rules added: " + ", ".join(added))
     if removed:

@@ -48,6 +48,8 @@ def read_sources(path: str | os.PathLike) -> list[Source]:
     return sources
 
 
+FREEZE_RULES = 1_000   # from this size a loaded policy is moved out of the cyclic collector's sight
+
 # Parsed files kept between loads in this process, so a reload re-parses only the files that
 # changed: keyed by (file name, sha256 of the text); the AST is frozen, so sharing it is safe.
 PARSE_CACHE_FILES = 1024
@@ -100,7 +102,13 @@ def build_policy(sources: list[Source], env: Mapping[str, str] | None = None, pa
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _build(sources, env, path)
+        policy = _build(sources, env, path)
+        if len(policy.rules) >= FREEZE_RULES:
+            # Its objects (millions at 10,000 rules) live until the next reload: out of the
+            # collector's sight, a full collection in the serving thread does not rescan them
+            # for seconds (measured: bench/test_reload_stall.py).
+            gc.freeze()
+        return policy
     except RecursionError:
         # parse.py refuses deep nesting with a position; this is the net under any other shape.
         raise PolicyError([Diagnostic("too-deep", "the policy nests too deeply to be compiled", None,

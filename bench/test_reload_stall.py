@@ -1,0 +1,95 @@
+"""How long a hot reload of a big policy makes requests wait: a gateway serving a 10,000-rule policy
+under steady load (a bounded loop of requests at a few connections) is reloaded several times after
+a one-line edit (its one file is parsed again, the whole policy checked and compiled); the worst
+request latency while reloads run is compared with the worst of a quiet period of the same length
+in the same run. Target: no request waits more than 50 ms because of a reload.
+
+Figures: `python3 -m pytest bench/test_reload_stall.py -s`. Under `--benchmark-disable` (CI) one
+reload of a 1,000-rule policy only checks that requests keep being answered during it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgerules.drills import gatewaybench as gb
+from edgerules.drills.synth import synthetic_models, synthetic_policy
+
+CONNECTIONS = 4
+MAX_REQUESTS = 200_000       # the load loop's bound, whatever happens
+MAX_SECONDS = 300.0
+
+
+@pytest.fixture(scope="module")
+def setting(request):
+    quick = request.config.getoption("benchmark_disable", False)
+    return {"rules": 1_000 if quick else 10_000, "reloads": 1 if quick else 4}
+
+
+def test_reload_stall(setting, tmp_path):
+    rules = setting["rules"]
+    policy = tmp_path / "policy.rules"
+    policy.write_text(synthetic_policy(rules))
+    port = gb._free_port()
+    proc = gb._start([sys.executable, "-m", "edgerules", "serve", "--rules", str(tmp_path), "--port", str(port),
+                      "--no-watch", "--log-level", "warning", "--log-store", "none"],
+                     f"http://127.0.0.1:{port}/healthz", timeout=180)
+    try:
+        result = asyncio.run(_measure(f"http://127.0.0.1:{port}", policy, synthetic_models(rules)[0],
+                                      setting["reloads"]))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    print(f"\nreload stall, {rules} rules, {CONNECTIONS} connections: {json.dumps(result)}")
+    assert result["errors"] == 0 and result["during_requests"] > 0
+    assert all(r["ok"] for r in result["reload_answers"])
+
+
+async def _measure(base: str, policy: Path, model: str, reloads: int) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": "hello"}]}
+    samples: list[tuple[float, float]] = []   # (start, seconds)
+    errors = 0
+    stop = asyncio.Event()
+    deadline = time.monotonic() + MAX_SECONDS
+
+    async def load(client: httpx.AsyncClient):
+        nonlocal errors
+        while not stop.is_set() and len(samples) < MAX_REQUESTS and time.monotonic() < deadline:
+            t0 = time.monotonic()
+            resp = await client.post("/v1/chat/completions", json=body)
+            samples.append((t0, time.monotonic() - t0))
+            errors += resp.status_code != 200
+
+    limits = httpx.Limits(max_connections=CONNECTIONS + 2)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client, \
+            httpx.AsyncClient(base_url=base, timeout=600) as admin:
+        workers = [asyncio.create_task(load(client)) for _ in range(CONNECTIONS)]
+        await asyncio.sleep(1.0)   # warm up
+        quiet_start = time.monotonic()
+        answers, windows = [], []
+        for i in range(reloads):
+            await asyncio.sleep(1.0)
+            text = policy.read_text()
+            policy.write_text(text.rstrip("\n").rsplit("\n# reload", 1)[0] + f"\n# reload {i}\n")
+            t0 = time.monotonic()
+            resp = await admin.post("/admin/reload")
+            windows.append((t0, time.monotonic()))
+            answers.append(resp.json())
+        quiet = windows[0][0] - quiet_start   # seconds of steady load before the first reload
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*workers)
+    during = [s for t0, s in samples if any(a - 0.05 <= t0 <= b for a, b in windows)]
+    before = [s for t0, s in samples if quiet_start <= t0 < quiet_start + quiet]
+    return {"reload_ms": [round((b - a) * 1000) for a, b in windows],
+            "reload_answers": [{"ok": a.get("ok"), "ms": a.get("ms")} for a in answers],
+            "during_requests": len(during), "during_max_ms": round(max(during, default=0) * 1000, 1),
+            "quiet_requests": len(before), "quiet_max_ms": round(max(before, default=0) * 1000, 1),
+            "errors": errors}
