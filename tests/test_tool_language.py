@@ -276,3 +276,15 @@ def test_compiled_and_interpreted_tool_decisions_agree(rules, calls):
         compiled = policy.decide_tool(server, tool, args, headers, key, now=0).to_dict()
         interpreted = policy.decide_tool(server, tool, args, headers, key, now=0, engine="interpreted").to_dict()
         assert compiled == interpreted, (text, server, tool, args)
+
+
+def test_the_dispatch_index_covers_tool_rules():
+    text = 'mcp gh { url "http://x" }\n' + "".join(
+        f'rule r{i} for tools {{\n    when tool == "t{i}" and arg("n") > {i}\n    deny "r{i}"\n}}\n' for i in range(12))
+    policy = build_policy([Source("t.rules", text)], {})
+    assert "_D1.get(tool)" in policy.source()
+    for i in range(12):
+        for n in (i, i + 1):
+            compiled = policy.decide_tool("gh", f"t{i}", {"n": n}).to_dict()
+            assert compiled == policy.decide_tool("gh", f"t{i}", {"n": n}, engine="interpreted").to_dict()
+            assert compiled["deny"] == ({"message": f"r{i}"} if n > i else None)
