@@ -33,7 +33,12 @@ def build_server(gw) -> Server:
 
     @server.call_tool(validate_input=False)   # the server behind validates its own arguments
     async def call_tool(name: str, arguments: dict) -> types.CallToolResult:
-        return await gw.tools.call(name, arguments, caller())
+        try:
+            return await gw.tools.call(name, arguments, caller())
+        except Exception:   # the SDK would answer the exception's text: it may name a server's secrets
+            log.exception("tool call %s failed inside the gateway", name)
+            return types.CallToolResult(content=[types.TextContent(type="text", text="internal gateway error")],
+                                        isError=True)
 
     return server
 
@@ -56,8 +61,8 @@ class McpEndpoint:
         try:
             key = live.keyring.authenticate(headers.get("authorization"))
         except GatewayError as err:
-            await _reply(send, err.status, {"error": {"message": err.message, "type": "authentication_error",
-                                                      "param": None, "code": err.code}})
+            await _reply(send, err.status, {"error": {"message": err.message, "type": err.type,
+                                                      "param": err.param, "code": err.code}})
             return
         spec = next((k for k in live.policy.keys if k.name == key), None) if key else None
         client = scope.get("client")

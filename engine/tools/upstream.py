@@ -69,8 +69,11 @@ class McpUpstream:
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:   # an ExceptionGroup from the transport's task group
-                self.last_error = _reason(exc)
-                log.warning("mcp server '%s' unreachable: %s", self.spec.name, self.last_error)
+                reason = _reason(exc)
+                # Once a state: a server that stays down is retried every few seconds.
+                (log.warning if reason != self.last_error else log.debug)(
+                    "mcp server '%s' unreachable: %s", self.spec.name, reason)
+                self.last_error = reason
             finally:
                 self.session = None
                 self.connected.clear()
