@@ -103,6 +103,7 @@ def build_policy(sources: list[Source], env: Mapping[str, str] | None = None, pa
     gc.disable()
     try:
         policy = _build(sources, env, path)
+        policy.models(), policy.model_ids()   # computed here, off the serving thread of a reload
         if len(policy.rules) >= FREEZE_RULES:
             # Its objects (millions at 10,000 rules) live until the next reload: out of the
             # collector's sight, a full collection in the serving thread does not rescan them
@@ -150,6 +151,8 @@ class Policy:
         self.warnings = tuple(d for d in warnings if d.severity == "warning")
         self.notes = tuple(d for d in warnings if d.severity == "note")
         self.loaded_at = time.time()
+        self._models: tuple[str, ...] | None = None
+        self._model_ids: tuple[str, ...] | None = None
         self.providers: dict[str, ProviderSpec] = checked.providers
         self.keys = checked.keys
         self.rules = tuple(r.name for r in checked.rules)
@@ -200,17 +203,27 @@ class Policy:
 
     def models(self) -> list[str]:
         """Every "provider/model" a rule can route to, then "provider/*" for pass-through targets."""
+        if self._models is None:   # once, in the loading thread (build_policy): not on the event loop
+            self._models = self._collect_models()
+        return list(self._models)
+
+    def model_ids(self) -> list[str]:
+        """What GET /v1/models lists: the names rules route by (`model == "smart"`, `model in
+        [...]`), then every concrete provider/model a rule reaches."""
+        if self._model_ids is None:
+            self._model_ids = self._collect_model_ids()
+        return list(self._model_ids)
+
+    def _collect_models(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}
         for rule in self.checked.rules:
             for a in rule.actions:
                 for target in a.targets():
                     for leaf in target_leaves(target):
                         seen[_model_id(leaf)] = None
-        return list(seen)
+        return tuple(seen)
 
-    def model_ids(self) -> list[str]:
-        """What GET /v1/models lists: the names rules route by (`model == "smart"`, `model in
-        [...]`), then every concrete provider/model a rule reaches."""
+    def _collect_model_ids(self) -> tuple[str, ...]:
         aliases: dict[str, None] = {}
         for rule in self.checked.rules:
             if rule.when is None or not any(a.kind == "route" for a in rule.actions):
@@ -224,7 +237,7 @@ class Policy:
             elif first.op == "in" and isinstance(first.right, ast.ListLit):
                 aliases.update((i.value, None) for i in first.right.items)
         concrete = [m for m in self.models() if not m.endswith("/*")]
-        return list(aliases) + [m for m in concrete if m not in aliases]
+        return tuple(aliases) + tuple(m for m in concrete if m not in aliases)
 
     def __repr__(self) -> str:
         return f"<Policy {self.version} files={len(self.files)} rules={len(self.rules)}>"
