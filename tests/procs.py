@@ -17,7 +17,7 @@ def _console_script() -> str:
     beside = os.path.join(os.path.dirname(sys.executable), "edgerules")
     found = beside if os.access(beside, os.X_OK) else shutil.which("edgerules")
     if not found:
-        raise RuntimeError("the `edgerules` console script is not installed: pip install -e '.[test]'")
+        raise RuntimeError("the `edgerules` console script is not installed: pip install -e '.[test,bench]'")
     return found
 
 
