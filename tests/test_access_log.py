@@ -57,9 +57,6 @@ def test_one_line_per_request_none_drops_it_full_adds_the_body(gateways, policy)
     assert "sk-access-log-test" not in gw.output()     # the client's key never reaches a log
 
 
-@pytest.mark.xfail(strict=True, reason="engine/gateway/server.py _fail(): a request refused before its "
-                   "decision (401 bad key, 400 malformed body) is counted in /metrics but gets no access "
-                   "line, though README promises one JSON line per request")
 def test_a_refused_key_is_logged_too(gateways, policy):
     gw = gateways(policy)
     assert gw.chat("m", "x", headers={"authorization": "Bearer wrong"}).status_code == 401

@@ -34,7 +34,7 @@ from .reload import Reloader
 from .settings import BY_NAME
 from .ingress import COMPLETIONS, MESSAGES, RESPONSES, Ingress
 from .requests import read_json, validate_chat, validate_embeddings, validate_metadata
-from .state import Gateway
+from .state import Gateway, log_refused
 
 log = logging.getLogger("edgerules.gateway")
 
@@ -146,6 +146,7 @@ async def _fail(gw: Gateway, live, call: Call | None, err: GatewayError, rid: st
         if gw.request_log is not None:
             gw.request_log.add(failure_row(rid, path, err.status, err.code, err.message, live.policy.version,
                                            time.time()))
+        log_refused(path, err.status, err.message, live.policy.version, rid)
         headers = {"x-edgerules-policy": live.policy.version, "x-edgerules-cache": "BYPASS",
                    "x-edgerules-attempts": "0", "x-edgerules-route": "", "x-edgerules-rules": "",
                    "x-request-id": rid}

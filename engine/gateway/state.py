@@ -228,6 +228,16 @@ class Gateway:
         access_log.info(line.decode())
 
 
+def log_refused(path: str, status: int, message: str, version: str, rid: str) -> None:
+    """The access line of a request refused before its decision (bad key, malformed body):
+    README promises one line per request, these included."""
+    if access_log.isEnabledFor(logging.INFO):
+        entry = {"status": status, "kind": "", "route": "", "attempts": 0, "cache": "BYPASS", "key": "",
+                 "rules": [], "tags": [], "ms": 0.0, "policy": version, "path": path, "error": message,
+                 "request_id": rid}
+        access_log.info(orjson.dumps(entry).decode())
+
+
 def _price(call):
     """The answering model's price, None when its provider has no price for it."""
     provider, _, model = call.route.partition("/")
