@@ -183,3 +183,20 @@ def test_no_false_positive_over_random_policies(text, seed):
         except Exception:    # an engine bug on this request is test_differential's to find
             continue
         assert not matched & dead, f"{matched & dead} matched\n{args!r}\n{text}"
+
+
+def test_a_key_named_only_by_a_tool_rule_is_used(tmp_path):
+    path = tmp_path / "p.rules"
+    path.write_text('provider demo { format echo }\nmcp t { builtin echo }\n'
+                    'key a { secret env("K_A") }\nkey ops { secret env("K_OPS") }\n'
+                    'rule only_a { when key == "a" tag "a" }\n'
+                    'rule ops_tools for tools {\n    when key != "ops" and tool starts_with "admin_"\n    hide\n}\n'
+                    'rule r { route demo/echo }\n')
+    import os
+    import subprocess
+
+    from procs import EDGERULES
+    result = subprocess.run([EDGERULES, "check", str(path)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "K_A": "secret-a-123", "K_OPS": "secret-ops-456"})
+    assert result.returncode == 0, result.stderr
+    assert "unused-key" not in result.stderr

@@ -58,7 +58,7 @@ class _Checker(ToolChecks, DeclarationChecks, RuleChecks, ExpressionChecks):
         rules = self._rules(model_rules)
         tool_rules = self._tool_rules(tuple(r for r in program.rules if r.for_tools), model_rules)
         self._warn_missing_prices(rules)
-        lint(self, program, rules)
+        lint(self, program, rules, tool_rules)
         if not (rules or self.providers or keys or self.servers or tool_rules):
             # Often a file caught half-written (an editor's truncate-then-write), rarely meant.
             self.warn("empty-policy", "the policy is empty: no rule, provider or key; every request "

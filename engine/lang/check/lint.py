@@ -47,15 +47,16 @@ class Constraint:
         return above and below
 
 
-def lint(checker, program: ast.Program, rules) -> None:
-    """Add the lint warnings of a checked program to checker.diagnostics."""
+def lint(checker, program: ast.Program, rules, tool_rules=()) -> None:
+    """Add the lint warnings of a checked program to checker.diagnostics. Shadowed and never-true
+    rules are found among model rules; a key named by a tool rule is a used key."""
     if any(d.severity == "error" for d in checker.diagnostics):
         return
     keys = frozenset(k.name for k in program.keys)
     reader = _Reader(checker.regexes, keys)
     never = _never_true(checker, reader, rules)
     _shadowed(checker, reader, rules, never)
-    _unused(checker, program, rules)
+    _unused(checker, program, rules, tool_rules)
     _same_else_route(checker, rules)
 
 
@@ -321,7 +322,7 @@ class _Entry:
 
 # ---- unused declarations, redundant else routes ----------------------------------------------
 
-def _unused(checker, program: ast.Program, rules) -> None:
+def _unused(checker, program: ast.Program, rules, tool_rules=()) -> None:
     # Without a rule that ends every walk, a request for "provider/MODEL" reaches any provider
     # that no rule names: it is unused only when such a rule exists.
     catch_all = next((r for r in rules if r.when is None and any(a.terminal for a in r.actions)), None)
@@ -334,7 +335,7 @@ def _unused(checker, program: ast.Program, rules) -> None:
                          decl.loc, hint=f"rule '{catch_all.name}' at {catch_all.loc} ends every walk, so no "
                                         f"request for '{decl.name}/MODEL' reaches it either")
     key_names = set()
-    for rule in rules:
+    for rule in (*rules, *tool_rules):
         if rule.when is not None:
             key_names |= _key_literals(rule.when)
     if not key_names:
