@@ -31,6 +31,21 @@ DISCONNECT_WATCH_AFTER = 0.05
 TAP_SLICE, TAP_SLICE_EVENTS = 64 * 1024, 128
 CLIENT_GONE = 499   # nginx's status for a client that closed the connection first
 PASSED_ON = {429: "upstream_rate_limited", 503: "upstream_unavailable"}
+# A JSON answer larger than this is sent in slices of this size, each its own step of the event
+# loop: one write of a 30 MB body would hold every other request for tens of milliseconds.
+SEND_SLICE = 1024 * 1024
+
+
+class SlicedResponse(Response):
+    """A Response whose body goes out SEND_SLICE bytes at a time (same headers, same length)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        body, size = memoryview(self.body), len(self.body)
+        for start in range(0, size, SEND_SLICE):
+            end = start + SEND_SLICE
+            await send({"type": "http.response.body", "body": bytes(body[start:end]), "more_body": end < size})
+            await asyncio.sleep(0)    # let other requests run between slices
 
 
 @dataclass(slots=True)
@@ -249,7 +264,8 @@ async def _attempt(gw: "Gateway", call: Call, provider, model: str, timeout: flo
     if isinstance(answer, UpstreamResponse):
         call.answer = answer
         redactor = policy_redactor(call.live.policy)
-        return Response(redactor.bytes(answer.body) if redactor else answer.body, media_type="application/json")
+        body = redactor.bytes(answer.body) if redactor else answer.body
+        return (SlicedResponse if len(body) > SEND_SLICE else Response)(body, media_type="application/json")
     events = stream.__aiter__()
     try:
         first = await events.__anext__()
