@@ -122,7 +122,7 @@ SETTINGS = (
     Setting("host", "--host", "EDGERULES_HOST", "127.0.0.1", str, "address to listen on", "H"),
     Setting("port", "--port", "EDGERULES_PORT", "8080", _port, "port to listen on", "P"),
     Setting("state", "--state", "EDGERULES_STATE", "memory://", str,
-            "storage of limit counters: memory://, redis://HOST:PORT[/DB]", "URI"),
+            "storage of limit counters, response cache and circuit breakers: memory://, redis://HOST:PORT[/DB]", "URI"),
     Setting("workers", "--workers", "EDGERULES_WORKERS", "1", _positive, "worker processes", "N"),
     Setting("max_body", "--max-body", "EDGERULES_MAX_BODY", "4MiB", _size, "largest request body", "SIZE"),
     Setting("log_level", "--log-level", "EDGERULES_LOG_LEVEL", "info", _log_level,
