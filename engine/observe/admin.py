@@ -44,7 +44,7 @@ async def usage(request: Request) -> Response:
 
 
 async def requests_page(request: Request) -> Response:
-    """GET /admin/requests?key=&model=&status=&since=&until=&limit=&cursor="""
+    """GET /admin/requests?key=&model=&kind=&status=&since=&until=&limit=&cursor= (kind: chat, embeddings, tool)"""
     params = request.query_params
     try:
         request_log = _log_of(request)
@@ -54,8 +54,8 @@ async def requests_page(request: Request) -> Response:
         if params.get("status"):
             query.status_clause(params["status"])
         rows = await query.requests(request_log.store, key=params.get("key"), model=params.get("model"),
-                                    status=params.get("status"), start=start, end=end, limit=limit,
-                                    cursor=cursor)
+                                    kind=params.get("kind"), status=params.get("status"), start=start, end=end,
+                                    limit=limit, cursor=cursor)
     except query.QueryError as exc:
         return _bad(exc)
     except GatewayError as err:

@@ -30,7 +30,8 @@ def add_commands(sub) -> None:
                        description="Requests from the request log, oldest of the page first.")
     _store_arguments(p)
     p.add_argument("--key", help="only this key's requests")
-    p.add_argument("--model", help="only requests for this model (as the client asked)")
+    p.add_argument("--model", help="only requests for this model (as the client asked; SERVER__TOOL for a tool call)")
+    p.add_argument("--kind", help="only this kind of row: chat, embeddings or tool (MCP tool calls)")
     p.add_argument("--status", help="only this status, or a class such as 5xx")
     p.add_argument("--since", default=None, help="an age (1h), epoch seconds or ISO 8601")
     p.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
@@ -84,7 +85,7 @@ async def _usage(args, group_by, start, end):
         await store.close()
 
 
-LOG_COLUMNS = ("time", "id", "key", "model", "route", "status", "error_code", "cache", "latency_ms",
+LOG_COLUMNS = ("time", "id", "kind", "key", "model", "route", "status", "error_code", "cache", "latency_ms",
                "input_tokens", "output_tokens", "cost_usd")
 
 
@@ -101,7 +102,7 @@ def cmd_logs(args) -> int:
 
 async def _logs(args, start) -> int:
     store = await _open(args)
-    filters = {"key": args.key, "model": args.model, "status": args.status, "start": start}
+    filters = {"key": args.key, "model": args.model, "kind": args.kind, "status": args.status, "start": start}
     try:
         rows = list(reversed(await query.requests(store, limit=args.limit, **filters)))
         _print_rows(args, rows, header=True)

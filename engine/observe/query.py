@@ -128,11 +128,12 @@ def _number(value):
 
 
 async def requests(store, *, key: str | None = None, model: str | None = None, status: str | None = None,
+                   kind: str | None = None,
                    start: float | None = None, end: float | None = None, limit: int = 50,
                    cursor: int | None = None, after: int | None = None) -> list[dict]:
     """Newest first (oldest first with `after`, as `logs --follow` reads); bodies left out."""
     where, params = [], []
-    for column, value in (("key", key), ("model", model)):
+    for column, value in (("key", key), ("model", model), ("kind", kind)):
         if value:
             where.append(f"{column} = ?")
             params.append(value)

@@ -18,6 +18,7 @@ import orjson
 from ..gateway.redact import policy_redactor
 from ..gateway.replay import StreamAssembler
 from ..gateway.usage import ask_stream_usage
+from ..lang.spec import TOOL_SEPARATOR
 from .store import TABLE
 
 log = logging.getLogger("edgerules.gateway")
@@ -133,6 +134,32 @@ def failure_row(rid: str, path: str, status: int, code: str | None, message: str
     """The row of a request refused before it had a decision (no key, a malformed body)."""
     return (rid, now, "embeddings" if path.endswith("/embeddings") else "chat", "", path, "", "", "",
             status, code, message, 0, "BYPASS", "", "", policy, 0.0, None, None, None, None, 0.0, None, None)
+
+
+# A tool call's outcome (the access line's decision and status) as an HTTP-like status and an
+# error code, so that usage counts errors and `logs --status 4xx` finds refusals as for models.
+_TOOL_OUTCOMES = {("unknown", "refused"): (404, "tool_not_found"), ("denied", "refused"): (403, "denied_by_policy"),
+                  ("limited", "refused"): (429, "rate_limit_exceeded"), ("call", "ok"): (200, None),
+                  ("call", "error"): (200, "tool_error"), ("call", "failed"): (502, "upstream_error"),
+                  ("call", "unavailable"): (503, "circuit_open")}
+
+
+def tool_row(entry: dict, decision, arguments: dict, redactor, now: float) -> tuple:
+    """The row of one MCP tool call, from the access-log entry the tool gateway built (store.COLUMNS
+    order): the tool as `model` (SERVER__TOOL), its server as `route`; no cache, tokens or cost.
+    Arguments only under `log full`, redacted; the caller's headers are never stored."""
+    status, code = _TOOL_OUTCOMES.get((entry.get("decision"), entry.get("status")), (500, "internal_error"))
+    seconds = entry.get("ms", 0.0) / 1000
+    server = entry.get("server", "")
+    request_body = None
+    if decision is not None and decision.log == "full":
+        body = _json(arguments)
+        request_body = redactor.text(body) if body is not None else None
+    return (request_id(None), now - seconds, "tool", entry.get("key") or "", "/mcp",
+            f"{server}{TOOL_SEPARATOR}{entry.get('tool', '')}", server, "", status, code, entry.get("error"),
+            entry.get("attempts", 0), None, ",".join(decision.matched) if decision is not None else "",
+            _tags(decision.tags) if decision is not None else "", entry.get("policy", ""),
+            round(entry.get("ms", 0.0), 3), None, None, None, None, None, request_body, None)
 
 
 class RequestLog:

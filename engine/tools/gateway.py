@@ -15,6 +15,7 @@ import orjson
 from ..gateway.redact import policy_redactor
 from ..gateway.router import Health
 from ..lang.spec import DEFAULT_RETRY_CODES, TOOL_SEPARATOR, KeySpec
+from ..observe.requestlog import tool_row
 from .limits import ToolLimits
 from .openapi import ApiUpstream
 from .upstream import ToolFailure, build_mcp
@@ -194,6 +195,9 @@ class ToolGateway:
         self.gw.metrics.tool_call(entry["server"], entry.get("decision", "unknown"), entry.get("status", "error"),
                                   entry["ms"] / 1000)
         level = decision.log if decision is not None else "meta"
+        if self.gw.request_log is not None and level != "none":
+            self.gw.request_log.add(tool_row(entry, decision, arguments, policy_redactor(self.gw.live.policy),
+                                             time.time()))
         if level == "none" or not access_log.isEnabledFor(logging.INFO):
             return
         if decision is not None and decision.tags:
