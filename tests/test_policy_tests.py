@@ -37,7 +37,7 @@ def test_the_shipped_tests_pass_and_cover_every_rule():
     lines = out.stdout.splitlines()
     assert lines[-1].endswith(" passed, 0 failed")
     assert int(lines[-1].split()[0]) >= 15
-    assert "coverage: every rule (12) is matched by a test" in lines
+    assert "coverage: every rule (16) is matched by a test" in lines     # 12 model + 4 tool rules
 
 
 def test_the_loader_leaves_test_files_out():
@@ -78,13 +78,22 @@ def test_a_failing_test_prints_its_expect_expected_and_got_and_exits_1(policy_di
     ]
 
 
+def rule_loc(file: Path, name: str) -> str:
+    """FILE:LINE:COL of the rule's name, as coverage prints it."""
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        if line.startswith(f"rule {name} "):
+            return f"{file}:{number}:6"
+    raise AssertionError(f"no rule {name} in {file}")
+
+
 def test_junit_and_coverage(policy_dir: Path, tmp_path_factory):
     (policy_dir / "x.test.rules").write_text(FAILING)
     junit = tmp_path_factory.mktemp("out") / "junit.xml"
     out = edgerules("test", str(policy_dir), "--coverage", "--junit", str(junit))
     assert out.returncode == 1
-    assert "coverage: 10 of 12 rules matched by no test:" in out.stdout
+    assert "coverage: 14 of 16 rules matched by no test:" in out.stdout
     assert f"  {policy_dir / '20-tiers.rules'}:4:6: rule 'free_tier'" in out.stdout
+    assert f"  {rule_loc(policy_dir / '40-tools.rules', 'demo_pace')}: tool rule 'demo_pace'" in out.stdout
     root = ElementTree.parse(junit).getroot()
     assert (root.tag, root.get("tests"), root.get("failures")) == ("testsuites", "3", "2")
     cases = root.findall("testsuite/testcase")
@@ -213,14 +222,135 @@ test f8 { request { model "a" } expect error 404 }
     }
 
 
-def test_tool_tests_are_refused_until_the_tool_gateway_exists(tmp_path: Path):
-    (tmp_path / "p.rules").write_text("provider demo { format echo }\n")
-    (tmp_path / "p.test.rules").write_text(
-        'test t {\n    request { tool "fs__read" args { "path": "/" } }\n    expect allow\n}\n')
-    with pytest.raises(PolicyError) as info:
-        run_tests(tmp_path)
-    assert [(d.code, d.line, d.column) for d in info.value.diagnostics] == [
-        ("tool-test", 1, 6), ("tool-test", 3, 5)]
+TOOL_TESTS = """\
+test echo_passes {
+    request { tool "demo__echo" args { "text": "hi" } }
+    expect allow
+    expect matched [demo_pace]
+}
+
+test wrongly_expects_a_hide {
+    request { tool "demo__echo" args { "text": "a password" } }
+    expect hide
+}
+
+test wrongly_expects_an_allow {
+    request { tool "demo__admin_stats" }
+    expect deny
+}
+"""
+
+
+def test_tool_tests_through_the_console_script(policy_dir: Path):
+    (policy_dir / "x.test.rules").write_text(TOOL_TESTS)
+    out = edgerules("test", str(policy_dir), "--coverage")
+    assert out.returncode == 1, out.stderr
+    file = policy_dir / "x.test.rules"
+    lines = out.stdout.splitlines()
+    assert lines[0] == (f"{file}:9:5: FAIL wrongly_expects_a_hide: expected hide, "
+                        'got deny "do not send passwords through tools" (rule no_passwords_through_tools)')
+    assert lines[1] == f"{file}:14:5: FAIL wrongly_expects_an_allow: expected deny, got hide (rule admin_tools_for_ops)"
+    assert lines[-1] == "1 passed, 2 failed"
+    # The tool rules count in the coverage: three of them matched, big_sums_need_a_human did not.
+    assert "coverage: 13 of 16 rules matched by no test:" in lines
+    big_sums = rule_loc(policy_dir / "40-tools.rules", "big_sums_need_a_human")
+    assert f"  {big_sums}: tool rule 'big_sums_need_a_human'" in lines
+    assert not any("'demo_pace'" in line for line in lines)
+
+
+def test_tool_request_errors_are_positioned_diagnostics(policy_dir: Path):
+    (policy_dir / "x.test.rules").write_text(
+        'test a {\n    request { tool "dmeo__echo" model "x" }\n    expect route demo/echo\n}\n'
+        'test b {\n    request { tool "echo" }\n    expect deny 403\n    expect matched [smart_alias]\n}\n'
+        'test c {\n    request { model "smart" args { "a": 1 } }\n    expect hide\n}\n')
+    out = edgerules("test", str(policy_dir))
+    assert out.returncode == 1
+    file = policy_dir / "x.test.rules"
+    errors = [line for line in out.stderr.splitlines() if "error[" in line or "hint:" in line]
+    assert errors == [
+        f"{file}:2:20: error[unknown-server]: unknown server 'dmeo'",
+        "  hint: did you mean 'demo'?",
+        f"{file}:2:33: error[tool-request]: 'model' is not part of a tool call",
+        "  hint: a tool request takes tool, args, key, ip, header, metadata and time",
+        f"{file}:3:5: error[tool-expect]: 'expect route demo/echo' is about a model request, not a tool call",
+        "  hint: a tool test expects allow, hide, deny, matched, tag, no tag, limit, retry, timeout or log",
+        f"{file}:6:20: error[bad-tool]: 'echo' is not a tool name: tools are named SERVER__TOOL",
+        '  hint: write it as "SERVER__TOOL", e.g. "demo__echo"',
+        f"{file}:7:5: error[tool-expect]: a tool deny has no status",
+        "  hint: write `expect deny`: the agent gets the rule's message as a tool error",
+        f"{file}:8:21: error[unknown-rule]: the policy has no tool rule 'smart_alias'",
+        "  hint: 'smart_alias' is a model rule; a tool request never runs it",
+        f"{file}:11:29: error[tool-request]: `args` are the arguments of a tool call",
+        '  hint: name the tool too: `tool "SERVER__TOOL"`',
+        f"{file}:12:5: error[tool-expect]: 'expect hide' is about a tool call",
+        '  hint: make the request a tool call with `tool "SERVER__TOOL"`',
+    ]
+    assert out.stdout == ""
+
+
+def test_every_tool_expectation_through_the_api(tmp_path: Path):
+    (tmp_path / "p.rules").write_text("""
+mcp demo { builtin echo }
+mcp other { builtin echo }
+key bot { secret "k1" tools ["demo__*"] }
+key ops { secret "k2" }
+rule secret_args for tools { when arg("text") == "secret" deny "no secrets" }
+rule pace for tools {
+    when server == "demo"
+    limit calls 5 per 1m
+    retry 2
+    timeout 3s
+    log full
+    tag "paced"
+}
+rule hide_admin for tools { when tool starts_with "admin_" and key != "ops" hide }
+rule model_rule { route demo }
+""".replace("rule model_rule { route demo }", "provider demo { format echo }\nrule model_rule { route demo }"))
+    (tmp_path / "p.test.rules").write_text("""
+test pass {
+    request { tool "demo__echo" key bot time "2026-11-30T09:00:00Z" ip "10.0.0.2" }
+    expect allow
+    expect matched [pace]
+    expect limit pace
+    expect retry 2
+    expect timeout 3s
+    expect log full
+    expect tag "paced"
+    expect no tag "x"
+}
+test denied { request { tool "demo__echo" args { "text": "secret" } } expect deny expect matched [secret_args] }
+test hidden { request { tool "demo__admin_stats" key bot } expect hide expect matched [pace, hide_admin] }
+test ops_sees { request { tool "demo__admin_stats" key ops } expect allow }
+test unseen { request { tool "other__echo" key bot } expect hide expect matched [] }
+test seen { request { tool "other__echo" key ops } expect allow }
+test f1 { request { tool "other__echo" key bot } expect allow }
+test f2 { request { tool "demo__admin_stats" key bot } expect deny }
+test f3 { request { tool "demo__echo" args { "text": "secret" } } expect allow }
+test f4 { request { tool "demo__echo" } expect hide }
+test f5 { request { tool "other__echo" } expect limit pace }
+test f6 { request { tool "other__echo" } expect timeout 1s }
+test f7 { request { tool "demo__echo" header "x-a" "b" metadata team "t" } expect matched [] }
+""")
+    run = run_tests(tmp_path)
+    got = {r.test.name: (r.failure.got if r.failure else None) for r in run.results}
+    assert got == {
+        "pass": None, "denied": None, "hidden": None, "ops_sees": None, "unseen": None, "seen": None,
+        "f1": "hide (key 'bot' does not see the tool)",
+        "f2": "hide (rule hide_admin)",
+        "f3": 'deny "no secrets" (rule secret_args)',
+        "f4": "allow",
+        "f5": "limits from []",
+        "f6": "no timeout",
+        "f7": "matched [pace]",
+    }
+    assert run.uncovered() == [r for r in run.policy.checked.rules if r.name == "model_rule"]
+
+
+def test_tool_request_fields_build_the_request():
+    [test] = parse('test t {\n    request { tool "demo__echo" args { "text": "hi", "n": [1, null] } key k }\n}\n')
+    r = test.request
+    assert (r.tool, r.args, r.key, r.body) == ("demo__echo", {"text": "hi", "n": [1, None]}, "k", {})
+    assert (r.tool_loc.line, r.tool_loc.column) == (2, 20)
 
 
 def test_a_bad_time_is_a_diagnostic(tmp_path: Path):

@@ -1,6 +1,7 @@
 """Decisions and their parts written back in the rule language's own words, for messages."""
 from __future__ import annotations
 
+import json
 import re
 
 from ..lang.spec import Fallback, Fastest, Single, Split, Target
@@ -46,6 +47,17 @@ def outcome_text(decision) -> str:
     if decision.error is not None:
         return f"error {decision.error[0]}"
     return "no outcome"
+
+
+def tool_outcome_text(decision, unseen: bool = False, key: str = "") -> str:
+    """What the tool gateway does with a tool call: hide, deny or allow (with the rule that decided)."""
+    if unseen:
+        return f"hide (key '{key}' does not see the tool)"
+    if decision.hide:
+        return f"hide (rule {decision.rule})"
+    if decision.deny is not None:
+        return f"deny {json.dumps(decision.deny)} (rule {decision.rule})"
+    return "allow"
 
 
 def cache_text(decision) -> str:

@@ -33,7 +33,10 @@ class TestRequest:
     ip: str
     path: str
     now: float
-    tool: str | None = None
+    tool: str | None = None         # "SERVER__TOOL": a tool call, decided by the tool rules
+    args: dict | None = None        # the tool call's arguments
+    tool_loc: Location | None = None
+    items: tuple = ()               # (item name, Location) of each item written, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,8 @@ class _TestBuilder(Transformer):
         body, fields, headers, metadata = {}, {}, {}, {}
         problems = []
         for name, value, loc in items:
+            if name == "tool":
+                value, loc = value
             if name == "body":
                 body = dict(value)
             elif name == "header":
@@ -152,11 +157,11 @@ class _TestBuilder(Transformer):
                 body[name] = fields[name]
         if metadata:
             headers[METADATA_HEADER] = json.dumps(metadata)
-        if "args" in fields:
-            body["arguments"] = fields["args"]
         request = TestRequest(body, headers, fields.get("key", ""), fields.get("ip", "127.0.0.1"),
                               fields.get("path", "/v1/chat/completions"),
-                              fields.get("now", iso_time(DEFAULT_TIME)), fields.get("tool"))
+                              fields.get("now", iso_time(DEFAULT_TIME)), fields.get("tool"),
+                              fields.get("args"), next((v[1] for n, v, _ in items if n == "tool"), None),
+                              tuple((n, loc) for n, _, loc in items))
         return request, problems
 
     def _item(name, convert):
@@ -178,7 +183,11 @@ class _TestBuilder(Transformer):
     time_item = _item("time", unquote)
     input_tokens_item = _item("input_tokens", parse_number)
     body_item = _item("body", lambda o: o)
-    tool_item = _item("tool", unquote)
+    @v_args(meta=True)
+    def tool_item(self, meta, items):
+        # The value carries the name's own position, for a diagnostic about the server.
+        return ("tool", (unquote(items[0]), self._tok(items[0])), self._loc(meta))
+
     args_item = _item("args", lambda o: o)
     del _item
 

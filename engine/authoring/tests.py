@@ -12,7 +12,8 @@ from ..lang.errors import Diagnostic, PolicyError
 from ..lang.policy import Policy, load_policy, read_sources
 from ..lang.schema import body_error
 from ..lang.source import Source
-from .describe import cache_text, duration_text, outcome_text
+from ..lang.spec import TOOL_SEPARATOR
+from .describe import cache_text, duration_text, outcome_text, tool_outcome_text
 from .testfile import Expectation, PolicyTest, parse_tests
 
 TEST_SUFFIX = ".test.rules"
@@ -48,7 +49,11 @@ class TestRun:
     def uncovered(self) -> list:
         """The policy's rules that no test matched, in policy order."""
         hit = {name for r in self.results for name in r.matched}
-        return [rule for rule in self.policy.checked.rules if rule.name not in hit]
+        return [rule for rule in self.all_rules() if rule.name not in hit]
+
+    def all_rules(self) -> list:
+        """The model rules, then the tool rules (their names never clash: the checker says so)."""
+        return [*self.policy.checked.rules, *self.policy.checked.tool_rules]
 
 
 def test_files(path: str | os.PathLike) -> list[Path]:
@@ -91,6 +96,7 @@ def check_tests(tests: list[PolicyTest], policy: Policy) -> tuple[list[PolicyTes
     checker = _Checker({})
     checker.providers = policy.providers
     rules = list(policy.rules)
+    tool_rules = list(policy.tool_rules)
     keys = [k.name for k in policy.keys]
     seen: dict[tuple, object] = {}
     out = []
@@ -99,29 +105,74 @@ def check_tests(tests: list[PolicyTest], policy: Policy) -> tuple[list[PolicyTes
         if where in seen:
             checker.error("duplicate-test", f"test '{test.name}' is already written at {seen[where]}", test.loc)
         seen[where] = test.loc
-        if test.request.tool is not None:
-            checker.error("tool-test", "tool requests need the tool gateway, which this version does not have",
-                          test.loc, hint="remove `tool`, `args`, `expect allow` and `expect hide` for now")
-        problem = body_error(test.request.body)
-        if problem is not None:
-            checker.error("bad-request", f"the request is not valid: {problem[0]}", test.loc)
-        if keys and test.request.key and test.request.key not in keys:
-            checker.error("unknown-key", f"the policy declares no key '{test.request.key}'", test.loc,
-                          hint=_did_you_mean(test.request.key, keys))
+        request = test.request
+        if request.tool is not None:
+            _check_tool_request(checker, test, policy)
+            names = tool_rules
+        else:
+            if request.args is not None:
+                loc = next(loc for item, loc in request.items if item == "args")
+                checker.error("tool-request", "`args` are the arguments of a tool call", loc,
+                              hint='name the tool too: `tool "SERVER__TOOL"`')
+            problem = body_error(request.body)
+            if problem is not None:
+                checker.error("bad-request", f"the request is not valid: {problem[0]}", test.loc)
+            names = rules
+        if keys and request.key and request.key not in keys:
+            checker.error("unknown-key", f"the policy declares no key '{request.key}'", test.loc,
+                          hint=_did_you_mean(request.key, keys))
         expectations = []
         for e in test.expectations:
-            if e.kind in ("allow", "hide"):
-                checker.error("tool-test", f"'expect {e.kind}' needs the tool gateway, which this version "
-                              "does not have", e.loc)
+            _check_expectation_kind(checker, e, request.tool is not None)
             if e.kind == "route":
                 e = replace(e, value=checker._target(e.value, []))
             for name, loc in e.names:
-                if name not in rules:
-                    checker.error("unknown-rule", f"the policy has no rule '{name}'", loc,
-                                  hint=_did_you_mean(name, rules))
+                if name not in names:
+                    tool = names is tool_rules
+                    other = rules if tool else tool_rules
+                    hint = (f"'{name}' is a {'model' if tool else 'tool'} rule; "
+                            f"a {'tool' if tool else 'model'} request never runs it"
+                            if name in other else _did_you_mean(name, names))
+                    checker.error("unknown-rule", f"the policy has no {'tool rule' if tool else 'model rule' if name in other else 'rule'} "
+                                  f"'{name}'", loc, hint=hint)
             expectations.append(e)
         out.append(replace(test, expectations=tuple(expectations)))
     return out, checker.diagnostics
+
+
+# Request items that describe a model request; a tool call has none of them.
+_MODEL_ITEMS = ("model", "stream", "temperature", "max_tokens", "user", "path", "input_tokens", "body")
+# Expectations about a model request's outcome; a tool call has none of these settings.
+_MODEL_EXPECTATIONS = ("route", "error", "cache-ttl", "cache-off", "no-cache", "deadline")
+
+
+def _check_tool_request(checker, test: PolicyTest, policy: Policy) -> None:
+    request = test.request
+    for item, loc in request.items:
+        if item in _MODEL_ITEMS:
+            checker.error("tool-request", f"'{item}' is not part of a tool call", loc,
+                          hint="a tool request takes tool, args, key, ip, header, metadata and time")
+    server, sep, tool = request.tool.partition(TOOL_SEPARATOR)
+    if not sep or not server or not tool:
+        checker.error("bad-tool", f"'{request.tool}' is not a tool name: tools are named SERVER{TOOL_SEPARATOR}TOOL",
+                      request.tool_loc, hint='write it as "SERVER__TOOL", e.g. "demo__echo"')
+    elif server not in policy.servers:
+        hint = (_did_you_mean(server, list(policy.servers)) if policy.servers
+                else "the policy declares no `mcp` or `api` server")
+        checker.error("unknown-server", f"unknown server '{server}'", request.tool_loc, hint=hint)
+
+
+def _check_expectation_kind(checker, e: Expectation, tool: bool) -> None:
+    if tool and e.kind in _MODEL_EXPECTATIONS:
+        checker.error("tool-expect", f"'expect {e.text}' is about a model request, not a tool call", e.loc,
+                      hint="a tool test expects allow, hide, deny, matched, tag, no tag, limit, retry, "
+                           "timeout or log")
+    elif tool and e.kind == "deny" and e.value is not None:
+        checker.error("tool-expect", "a tool deny has no status", e.loc,
+                      hint="write `expect deny`: the agent gets the rule's message as a tool error")
+    elif not tool and e.kind in ("allow", "hide"):
+        checker.error("tool-expect", f"'expect {e.kind}' is about a tool call", e.loc,
+                      hint='make the request a tool call with `tool "SERVER__TOOL"`')
 
 
 def _did_you_mean(name: str, names: list[str]) -> str | None:
@@ -131,12 +182,42 @@ def _did_you_mean(name: str, names: list[str]) -> str | None:
 
 def run_test(test: PolicyTest, policy: Policy) -> TestResult:
     r = test.request
+    if r.tool is not None:
+        return _run_tool_test(test, policy)
     decision = policy.decide(r.body, r.headers, r.key, path=r.path, ip=r.ip, now=r.now)
     for e in test.expectations:
         got = mismatch(e, decision)
         if got is not None:
             return TestResult(test, Failure(e, got), tuple(decision.matched))
     return TestResult(test, None, tuple(decision.matched))
+
+
+def _run_tool_test(test: PolicyTest, policy: Policy) -> TestResult:
+    """A tool call as the tool gateway decides it: the tool rules, and whether the key sees the
+    tool (a key's `tools [...]` hides the others exactly as `hide` does)."""
+    r = test.request
+    server, _, tool = r.tool.partition(TOOL_SEPARATOR)
+    decision = policy.decide_tool(server, tool, r.args or {}, r.headers, r.key, ip=r.ip, now=r.now)
+    key = next((k for k in policy.keys if k.name == r.key), None) if r.key else None
+    unseen = key is not None and not key.sees_tool(r.tool)
+    for e in test.expectations:
+        got = tool_mismatch(e, decision, unseen, r.key)
+        if got is not None:
+            return TestResult(test, Failure(e, got), tuple(decision.matched))
+    return TestResult(test, None, tuple(decision.matched))
+
+
+def tool_mismatch(e: Expectation, d, unseen: bool, key: str) -> str | None:
+    """As mismatch, for a tool decision; unseen: the key's `tools [...]` leave this tool out."""
+    if e.kind in ("allow", "hide", "deny"):
+        got = tool_outcome_text(d, unseen, key)
+        hidden = unseen or d.hide
+        if e.kind == "allow":
+            return None if not hidden and d.deny is None else got
+        if e.kind == "hide":
+            return None if hidden else got
+        return None if not hidden and d.deny is not None else got
+    return mismatch(e, d)
 
 
 def mismatch(e: Expectation, d) -> str | None:
@@ -177,7 +258,7 @@ def mismatch(e: Expectation, d) -> str | None:
         return None if d.deadline == value else f"deadline {duration_text(d.deadline)}"
     if kind == "log":
         return None if d.log == value else f"log {d.log}"
-    return f"'{kind}' cannot be decided without the tool gateway"
+    raise AssertionError(f"expectation {kind!r} has no check")   # the checker refused it
 
 
 # ---- reports --------------------------------------------------------------------------------
@@ -193,10 +274,11 @@ def summary_line(run: TestRun) -> str:
 
 def coverage_lines(run: TestRun) -> list[str]:
     missed = run.uncovered()
+    tool_rules = run.policy.checked.tool_rules
     if not missed:
-        return [f"coverage: every rule ({len(run.policy.rules)}) is matched by a test"]
-    return [f"coverage: {len(missed)} of {len(run.policy.rules)} rules matched by no test:"] + [
-        f"  {rule.loc}: rule '{rule.name}'" for rule in missed]
+        return [f"coverage: every rule ({len(run.all_rules())}) is matched by a test"]
+    return [f"coverage: {len(missed)} of {len(run.all_rules())} rules matched by no test:"] + [
+        f"  {rule.loc}: {'tool rule' if rule in tool_rules else 'rule'} '{rule.name}'" for rule in missed]
 
 
 def junit_xml(run: TestRun) -> str:
