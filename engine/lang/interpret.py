@@ -19,31 +19,29 @@ class Interpreter:
         request = {"body": body, "headers": headers, "key": key, "path": path,
                    "method": method, "ip": ip, "now": now}
         d = Decision()
-        d.matched = []
-        for rule in self.policy.rules:
-            if rule.when is not None and not self.eval(rule.when, request):
-                continue
-            d.matched.append(rule.name)
-            for action in rule.actions:
-                if self.apply(d, action, request):
-                    d.rule = rule.name
-                    return d
+        if self.walk(d, self.policy.rules, request):
+            return d
         return finish_without_route(d, body.get("model") or "", self.policy.providers)
 
     def decide_tool(self, server, tool, args, headers, key, ip, now) -> ToolDecision:
         request = {"server": server, "tool": tool, "args": args, "headers": headers, "key": key,
                    "ip": ip, "now": now}
         d = ToolDecision()
+        self.walk(d, self.policy.tool_rules, request)
+        return d
+
+    def walk(self, d, rules, request) -> bool:
+        """Apply every rule whose condition holds, in order; True when one ended the walk."""
         d.matched = []
-        for rule in self.policy.tool_rules:
+        for rule in rules:
             if rule.when is not None and not self.eval(rule.when, request):
                 continue
             d.matched.append(rule.name)
             for action in rule.actions:
                 if self.apply(d, action, request):
                     d.rule = rule.name
-                    return d
-        return d
+                    return True
+        return False
 
     def apply(self, d: Decision, a, request) -> bool:
         """Carry out one action; True when it ends the walk."""
