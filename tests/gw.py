@@ -1,7 +1,6 @@
 """Start a real `edgerules serve` on 127.0.0.1 for a policy written by the test."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import httpx

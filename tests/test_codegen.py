@@ -11,7 +11,6 @@ import builtins
 import linecache
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

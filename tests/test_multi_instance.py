@@ -7,7 +7,6 @@ import asyncio
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 
 import httpx

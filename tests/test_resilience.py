@@ -9,7 +9,6 @@ import httpx
 import openai
 import pytest
 
-from gw import start_gateway
 from procs import UpstreamProc, start_process, wait_until
 
 

@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 
 from ...lang.spec import ProviderSpec
-from .base import HttpProvider, ProviderError, UpstreamResponse, UpstreamStream, error_message
+from .base import HttpProvider, UpstreamResponse, UpstreamStream, error_message
 from .echo import message_text
 from .tools import (ChunkWriter, StreamFailure, Untranslatable, answer_schema, arguments, check_fields, choice,
                     completion, function_tools, tool_call, tool_choice, tool_names, usage, wants_usage)

@@ -85,17 +85,8 @@ class DeclarationChecks:
                                hint='write it as AWS does, e.g. region "us-east-1"')
             elif s.name in ("access_key", "secret_key"):
                 opts[s.name] = self._value(s.args[0], True, f"the {s.name} of provider '{decl.name}'")
-            elif s.name == "timeout":
-                if s.args[0] <= 0:
-                    self.error("bad-duration", "timeout must be longer than zero", s.loc)
-                opts["timeout"] = s.args[0]
-            elif s.name == "cooldown":
-                duration, failures, failures_loc = s.args
-                if duration <= 0:
-                    self.error("bad-duration", "cooldown must be longer than zero", s.loc)
-                if not isinstance(failures, int) or failures < 1:
-                    self.error("bad-number", "failures must be a whole number of at least 1", failures_loc)
-                opts["cooldown"], opts["failures"] = duration, failures
+            elif s.name in ("timeout", "cooldown"):
+                self._timing(s, opts)
             elif s.name == "price":
                 model, inp, out = s.args
                 if model in price_at:
@@ -163,6 +154,20 @@ class DeclarationChecks:
                 elif text is not None:
                     out.append((lower, text))
         return out
+
+    def _timing(self, s: ast.Setting, opts: dict) -> None:
+        """`timeout D` and `cooldown D after N failures`, as providers and tool servers write them."""
+        if s.name == "timeout":
+            if s.args[0] <= 0:
+                self.error("bad-duration", "timeout must be longer than zero", s.loc)
+            opts["timeout"] = s.args[0]
+            return
+        duration, failures, failures_loc = s.args
+        if duration <= 0:
+            self.error("bad-duration", "cooldown must be longer than zero", s.loc)
+        if not isinstance(failures, int) or failures < 1:
+            self.error("bad-number", "failures must be a whole number of at least 1", failures_loc)
+        opts["cooldown"], opts["failures"] = duration, failures
 
     def _format(self, s: ast.Setting, opts: dict) -> None:
         fmt = s.args[0]

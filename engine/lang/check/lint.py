@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 
 from .. import ast
-from ..schema import FIELDS
 
 # hour and weekday take a few whole values: a constraint on them is the set of values it allows.
 _FINITE = {"hour": frozenset(range(24)), "weekday": frozenset(range(7))}

@@ -58,17 +58,8 @@ class ToolChecks:
                 opts["api_key"] = self._value(s.args[0], True, f"the api_key of api '{decl.name}'")
             elif s.name == "headers":
                 opts["headers"] = tuple(self._headers(s))
-            elif s.name == "timeout":
-                if s.args[0] <= 0:
-                    self.error("bad-duration", "timeout must be longer than zero", s.loc)
-                opts["timeout"] = s.args[0]
-            elif s.name == "cooldown":
-                duration, failures, failures_loc = s.args
-                if duration <= 0:
-                    self.error("bad-duration", "cooldown must be longer than zero", s.loc)
-                if not isinstance(failures, int) or failures < 1:
-                    self.error("bad-number", "failures must be a whole number of at least 1", failures_loc)
-                opts["cooldown"], opts["failures"] = duration, failures
+            elif s.name in ("timeout", "cooldown"):
+                self._timing(s, opts)
             else:
                 opts[s.name] = s.args[0]
                 opts[f"{s.name}_loc"] = s.loc
