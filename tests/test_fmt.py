@@ -171,6 +171,12 @@ def test_fmt_rewrites_then_check_passes(policy_dir: Path):
     assert out.stderr.strip() == "2 file(s) already formatted"
 
 
+def test_the_shipped_rules_are_in_the_canonical_layout():
+    out = edgerules("fmt", str(ROOT / "rules"), "--check")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip() == "5 file(s) already formatted"
+
+
 def test_a_syntax_error_is_reported_and_nothing_written(tmp_path: Path):
     (tmp_path / "a.rules").write_text('rule r {\n    wen model == "x"\n}\n')
     out = edgerules("fmt", str(tmp_path))
