@@ -1,5 +1,5 @@
 """MCP tool calls in the stored request log: a real `edgerules serve` with the built-in demo tool
-server and an SQLite log store, called with the official mcp client; the rows read back through
+server and a log store (an SQLite file, and a real PostgreSQL), called with the official mcp client; the rows read back through
 GET /admin/requests, /admin/usage and `edgerules logs` / `edgerules usage` (the console script)."""
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import asyncio
 import json
 import sqlite3
 import subprocess
+import time
 
+import psycopg
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
+from pg import Postgres
 from procs import EDGERULES, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `streamable_http_client` instead:DeprecationWarning")
@@ -47,6 +50,34 @@ rule stats_unlogged for tools {{
 """
 
 
+@pytest.fixture(scope="module")
+def postgres():
+    server = Postgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """The --log-store URI of a fresh store of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/requests.db"
+    server = request.getfixturevalue("postgres")
+    name = f"t{time.monotonic_ns()}"
+    with psycopg.connect(server.uri, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.uri.rsplit("/", 1)[0] + "/" + name
+
+
+def stored_rows(store: str) -> str:
+    """Every stored byte of the log table, as one string."""
+    if store.startswith("sqlite://"):
+        with sqlite3.connect(store[len("sqlite://"):]) as db:
+            return json.dumps(db.execute("SELECT * FROM edgerules_requests").fetchall())
+    with psycopg.connect(store) as conn:
+        return json.dumps(conn.execute("SELECT * FROM edgerules_requests").fetchall(), default=str)
+
+
 async def _calls(url: str, calls: list[tuple[str, dict]]) -> list:
     headers = {"authorization": f"Bearer {ALICE}", "x-canary": ALICE}
     async with streamablehttp_client(url, headers=headers) as (read, write, _):
@@ -59,8 +90,7 @@ def text_of(result) -> str:
     return "".join(getattr(c, "text", "") for c in result.content)
 
 
-def test_tool_calls_are_rows_of_the_request_log(gateways, tmp_path):
-    store = f"sqlite://{tmp_path}/requests.db"
+def test_tool_calls_are_rows_of_the_request_log(gateways, store):
     gw = gateways(POLICY, "--log-store", store)
     wait_until(lambda: gw.admin_policy()["tool_servers"]["demo"]["connected"], 30, what="the demo server")
     ok, denied, first_sum, limited, stats = asyncio.run(_calls(gw.url + "/mcp", [
@@ -120,7 +150,6 @@ def test_tool_calls_are_rows_of_the_request_log(gateways, tmp_path):
     assert {u["model"]: u["requests"] for u in json.loads(out.stdout)} == {"demo__echo": 2, "demo__add": 2}
 
     # The canary (the key's secret, sent as a header and as an argument) is in no stored byte.
-    with sqlite3.connect(f"{tmp_path}/requests.db") as db:
-        stored = json.dumps(db.execute("SELECT * FROM edgerules_requests").fetchall())
+    stored = stored_rows(store)
     assert ALICE not in stored and "[redacted]" in stored
     assert ALICE not in out.stdout + table.stdout
