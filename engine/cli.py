@@ -59,10 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="rule-evaluation throughput of the compiled policy")
     p.add_argument("path")
-    p.add_argument("--request", metavar="FILE", help="a JSON request, or a JSON list of them (default: generated)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--request", metavar="FILE", help="a JSON request, or a JSON list of them (default: generated)")
+    src.add_argument("--requests", metavar="FILE",
+                     help="a traffic sample: JSON lines of {body, headers, key, ip, path, time}, as diff takes")
+    p.add_argument("--handwritten", metavar="MODULE:FUNC",
+                   help="also measure your own Python function of the same logic (MODULE dotted or a .py file)")
     p.add_argument("--seconds", type=float, default=1.0, help="time per measurement (default 1s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--gateway", action="store_true", help="also measure whole requests through the gateway")
+    p.add_argument("--scenarios", metavar="LIST",
+                   help="with --gateway: whole requests per scenario instead (all, or some of "
+                        "routing,limit,tokens,cache,stream), on a policy of its own")
+    p.add_argument("--connections", default="1,16,64", metavar="N,N",
+                   help="with --scenarios: the connection counts (default 1,16,64)")
     p.set_defaults(run=cmd_bench)
 
     from .drills.upstream import cli as upstream_cli

@@ -130,3 +130,74 @@ def test_policy_requests_are_valid_and_reach_several_rules():
     requests = policy_requests(policy, 200)
     decided = {policy.decide(b, h, k).rule for b, h, k in requests}
     assert len(decided) >= 5
+
+
+# ---- a traffic sample (--requests) and a hand-written function (--handwritten) -----------------
+
+def _ten_rule_sample(tmp_path, count=20):
+    from edgerules.drills.synth import ten_rule_policy
+
+    policy = tmp_path / "ten.rules"
+    policy.write_text(ten_rule_policy())
+    sample = tmp_path / "traffic.jsonl"
+    sample.write_text("".join(
+        json.dumps({"body": b, "headers": h, "key": k, "ip": "10.0.0.1", "path": "/v1/chat/completions",
+                    "time": "2026-01-06T15:00:00Z"}) + "\n"
+        for b, h, k in synthetic_requests(count, n_rules=10)))
+    return policy, sample
+
+
+def test_bench_takes_a_traffic_sample_and_a_handwritten_function(tmp_path):
+    policy, sample = _ten_rule_sample(tmp_path)
+    proc = bench(str(policy), "--requests", str(sample), "--handwritten", "bench/handwritten.py:decide",
+                 "--seconds", "0.1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr          # the hand-written function decides alike
+    report = json.loads(proc.stdout)
+    assert report["requests"] == 20 and report["request_source"] == str(sample)
+    assert set(report["results"]) == {"compiled", "handwritten", "interpreter"}
+    assert all(r["decisions_per_second"] > 0 for r in report["results"].values())
+    assert report["ratio_handwritten"] > 0 and report["handwritten"] == "bench/handwritten.py:decide"
+
+
+def test_bench_table_names_the_handwritten_ratio(tmp_path):
+    policy, sample = _ten_rule_sample(tmp_path, 5)
+    proc = bench(str(policy), "--requests", str(sample), "--handwritten", "bench/handwritten.py:decide",
+                 "--seconds", "0.05")
+    assert proc.returncode == 0, proc.stderr
+    assert "compiled / hand-written (bench/handwritten.py:decide)" in proc.stdout
+
+
+def test_bench_warns_when_the_handwritten_function_decides_otherwise(tmp_path):
+    policy, sample = _ten_rule_sample(tmp_path, 5)
+    mine = tmp_path / "mine.py"
+    mine.write_text("from edgerules.lang.decision import Decision\n"
+                    "def decide(body, headers, key, path, method, ip, now):\n    return Decision()\n")
+    proc = bench(str(policy), "--requests", str(sample), "--handwritten", f"{mine}:decide", "--seconds", "0.05")
+    assert proc.returncode == 0, proc.stderr
+    assert "hand-written function decides request 0 unlike the policy" in proc.stderr
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nocolon", "takes MODULE:FUNC"),
+    ("no_such_module_xyz:f", "cannot import no_such_module_xyz"),
+    ("bench/handwritten.py:nope", "has no function 'nope'"),
+    ("bench/missing.py:f", "no such file bench/missing.py"),
+])
+def test_bench_rejects_a_bad_handwritten_spec(spec, message):
+    proc = bench("rules/", "--handwritten", spec, "--seconds", "0.05")
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_bench_names_the_bad_line_of_a_traffic_sample(tmp_path):
+    sample = tmp_path / "traffic.jsonl"
+    sample.write_text(json.dumps({"body": {"model": "smart"}}) + "\n" + '{"body": 3}\n')
+    proc = bench("rules/", "--requests", str(sample), "--seconds", "0.05")
+    assert proc.returncode == 2
+    assert f"{sample}:2: not a request" in proc.stderr
+
+
+def test_bench_refuses_request_and_requests_together(tmp_path):
+    proc = bench("rules/", "--request", "a.json", "--requests", "b.jsonl")
+    assert proc.returncode == 2 and "not allowed with" in proc.stderr

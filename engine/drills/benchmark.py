@@ -1,14 +1,24 @@
 """`edgerules bench`: decisions per second of a policy, compiled and interpreted.
 
-A request file holds one JSON object or a list of them. Each is a request body, or
-{"body": {...}, "headers": {...}, "key": "..."} to give headers and a key too. Without a file the
-requests are generated from the policy itself (engine/synth.py's policy_requests).
+`--request FILE` holds one JSON object or a list of them. Each is a request body, or
+{"body": {...}, "headers": {...}, "key": "..."} to give headers and a key too. `--requests FILE`
+is a traffic sample in the JSON lines `edgerules diff --requests` reads: one
+{"body", "headers", "key", "ip", "path", "time"} per line (edgerules.authoring.diff.read_requests).
+Without a file the requests are generated from the policy itself (drills/synth.py's policy_requests).
+
+`--handwritten MODULE:FUNC` adds a third engine: the user's own plain-Python function of the same
+logic, called with the decision function's arguments (body, headers, key, path, method, ip, now).
+MODULE is a dotted module name or a .py file (bench/handwritten.py:decide is the hand-written
+version of drills/synth.py's ten-rule policy).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -88,31 +98,44 @@ def _loop(fn, batches, seconds, progress, label) -> Rate:
 # ---- the command ----------------------------------------------------------------------------
 
 def run_bench(args) -> int:
-    """edgerules bench PATH [--request FILE] [--seconds S] [--json] [--gateway]."""
+    """edgerules bench PATH [--request FILE | --requests FILE] [--handwritten MODULE:FUNC]
+    [--seconds S] [--json] [--gateway [--scenarios LIST]]."""
     if args.seconds <= 0:
         print("edgerules bench: --seconds must be above 0", file=sys.stderr)
         return 2
+    if getattr(args, "scenarios", None):
+        return run_scenario_bench(args)
     try:
         policy = load_policy(args.path)
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
+    lines = getattr(args, "requests", None)
     try:
-        requests = read_requests(args.request) if args.request else policy_requests(policy, SAMPLE_SIZE)
+        if lines:
+            calls = replay_args(lines)
+        else:
+            calls = decide_args(read_requests(args.request) if args.request
+                                else policy_requests(policy, SAMPLE_SIZE))
+        handwritten = load_function(args.handwritten) if getattr(args, "handwritten", None) else None
     except BenchError as exc:
         print(f"edgerules bench: {exc}", file=sys.stderr)
         return 2
-    calls = decide_args(requests)
     progress = _Progress()
     _warn_on_disagreement(policy, calls)
-    rates = measure_engines(policy, calls, args.seconds, progress)
+    if handwritten is not None:
+        _warn_on_handwritten_disagreement(policy, handwritten, calls)
+    rates = measure_engines(policy, calls, args.seconds, progress, handwritten)
     report = {
         "path": args.path, "version": policy.version, "rules": len(policy.rules),
-        "requests": len(calls), "request_source": args.request or "generated",
+        "requests": len(calls), "request_source": lines or args.request or "generated",
         "seconds": args.seconds, "rounds": ROUNDS,
         "results": {name: rate.to_dict() for name, rate in rates.items()},
         "ratio": round(rates["compiled"].per_second / rates["interpreter"].per_second, 2),
     }
+    if handwritten is not None:
+        report["handwritten"] = args.handwritten
+        report["ratio_handwritten"] = round(rates["compiled"].per_second / rates["handwritten"].per_second, 2)
     if args.gateway:
         gateway = run_gateway_bench(args)
         if gateway is None:
@@ -128,11 +151,14 @@ def run_bench(args) -> int:
     return 0
 
 
-def measure_engines(policy: Policy, calls: list[tuple], seconds: float, progress) -> dict[str, Rate]:
+def measure_engines(policy: Policy, calls: list[tuple], seconds: float, progress,
+                    handwritten: Callable | None = None) -> dict[str, Rate]:
     """The best of ROUNDS rounds per engine, the engines taking turns, in `seconds` per engine:
     a burst of load elsewhere on the machine then spoils one round, not a figure."""
     rates: dict[str, Rate] = {}
-    engines = (("compiled", policy.evaluate), ("interpreter", policy.interpret))
+    engines = [("compiled", policy.evaluate), ("interpreter", policy.interpret)]
+    if handwritten is not None:
+        engines.insert(1, ("handwritten", handwritten))
     for round_no in range(1, ROUNDS + 1):
         for name, fn in engines:
             label = f"{name}, round {round_no}/{ROUNDS}"
@@ -154,6 +180,74 @@ def run_gateway_bench(args) -> dict | None:
     except RuntimeError as exc:
         print(f"edgerules bench: the gateway benchmark could not start: {exc}", file=sys.stderr)
         return None
+
+
+def run_scenario_bench(args) -> int:
+    """`--gateway --scenarios LIST`: whole requests per scenario (drills/gatewaybench.py)."""
+    from . import gatewaybench
+
+    if not args.gateway:
+        print("edgerules bench: --scenarios goes with --gateway", file=sys.stderr)
+        return 2
+    try:
+        names = gatewaybench.scenario_names(args.scenarios)
+        conns = tuple(int(c) for c in args.connections.split(","))
+        if not conns or min(conns) < 1:
+            raise ValueError
+    except ValueError as exc:
+        print(f"edgerules bench: {exc or '--connections takes counts like 1,16,64'}", file=sys.stderr)
+        return 2
+    try:
+        result = gatewaybench.run_scenarios(names, seconds=args.seconds, connections=conns)
+    except RuntimeError as exc:
+        print(f"edgerules bench: the gateway benchmark could not start: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else gatewaybench.render_scenarios(result))
+    return 0
+
+
+def replay_args(path: str) -> list[tuple]:
+    """The JSON lines of `edgerules diff --requests` as decision-function arguments."""
+    from ..authoring.diff import read_requests as read_lines
+
+    try:
+        replays = read_lines(path)
+    except OSError as exc:
+        raise BenchError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+    if not replays:
+        raise BenchError(f"{path} holds no requests")
+    for number, r in enumerate(replays, 1):
+        problem = body_error(r.body)
+        if problem is not None:
+            raise BenchError(f"{path}: request {number}: {problem[0]}")
+    return [(r.body, r.headers, r.key, r.path, "POST", r.ip, r.now) for r in replays]
+
+
+def load_function(spec: str) -> Callable:
+    """MODULE:FUNC, MODULE a dotted name or a path to a .py file."""
+    module_name, sep, func = spec.rpartition(":")
+    if not sep or not module_name or not func:
+        raise BenchError(f"--handwritten takes MODULE:FUNC, not {spec!r}")
+    try:
+        if module_name.endswith(".py") or "/" in module_name:
+            file = Path(module_name)
+            loader = importlib.util.spec_from_file_location(f"_edgerules_bench_{file.stem}", file)
+            if loader is None or not file.is_file():
+                raise BenchError(f"--handwritten: no such file {module_name}")
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except BenchError:
+        raise
+    except Exception as exc:  # the user's module: any error it raises is theirs to read
+        raise BenchError(f"--handwritten: cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise BenchError(f"--handwritten: {module_name} has no function {func!r}")
+    return fn
 
 
 def read_requests(path: str) -> list[tuple[dict, dict, str]]:
@@ -197,6 +291,21 @@ def _warn_on_disagreement(policy, calls, sample: int = 32) -> None:
             return
 
 
+def _warn_on_handwritten_disagreement(policy, fn, calls, sample: int = 32) -> None:
+    for i, args in enumerate(calls[:sample]):
+        try:
+            theirs = fn(*args)
+            same = theirs.to_dict() == policy.evaluate(*args).to_dict()
+        except Exception as exc:  # their function; say what broke and measure anyway
+            print(f"edgerules bench: warning: the hand-written function failed on request {i}: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            return
+        if not same:
+            print(f"edgerules bench: warning: the hand-written function decides request {i} "
+                  f"unlike the policy", file=sys.stderr)
+            return
+
+
 def format_report(report: dict) -> str:
     lines = [f"{report['path']}: version {report['version']}, {report['rules']} rule(s), "
              f"{report['requests']} request(s) ({report['request_source']}), "
@@ -205,6 +314,8 @@ def format_report(report: dict) -> str:
     for name, r in report["results"].items():
         lines.append(f"{name:<12} {r['decisions_per_second']:>14,.0f} {r['us_per_decision']:>12.2f}")
     lines += ["", f"compiled / interpreter: {report['ratio']:.1f}x"]
+    if "ratio_handwritten" in report:
+        lines.append(f"compiled / hand-written ({report['handwritten']}): {report['ratio_handwritten']:.2f}x")
     return "\n".join(lines)
 
 
