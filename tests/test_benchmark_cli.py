@@ -201,3 +201,29 @@ def test_bench_names_the_bad_line_of_a_traffic_sample(tmp_path):
 def test_bench_refuses_request_and_requests_together(tmp_path):
     proc = bench("rules/", "--request", "a.json", "--requests", "b.jsonl")
     assert proc.returncode == 2 and "not allowed with" in proc.stderr
+
+
+# ---- whole-request scenarios (--gateway --scenarios) ------------------------------------------
+
+def test_bench_scenarios_measure_a_cache_hit_against_direct_and_the_passthrough():
+    proc = subprocess.run([EDGERULES, "bench", "rules/", "--gateway", "--scenarios", "cache",
+                           "--connections", "1", "--seconds", "1", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)["rows"]
+    assert row["scenario"] == "cache" and row["connections"] == 1 and row["errors"] == 0
+    assert set(row["figures"]) == {"direct", "passthrough", "edgerules"}
+    assert row["rps"] > 0 and row["x_passthrough"] > 0
+    for key in ("added_p50_ms_vs_direct", "added_p99_ms_vs_passthrough"):
+        assert isinstance(row[key], float)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gateway", "--scenarios", "routing,nope"], "unknown scenario 'nope'"),
+    (["--scenarios", "all"], "--scenarios goes with --gateway"),
+    (["--gateway", "--scenarios", "all", "--connections", "0"], "--connections takes counts"),
+])
+def test_bench_scenarios_reject_bad_arguments(args, message):
+    proc = bench("rules/", *args, "--seconds", "0.05")
+    assert proc.returncode == 2
+    assert message in proc.stderr

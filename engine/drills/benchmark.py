@@ -191,11 +191,16 @@ def run_scenario_bench(args) -> int:
         return 2
     try:
         names = gatewaybench.scenario_names(args.scenarios)
-        conns = tuple(int(c) for c in args.connections.split(","))
-        if not conns or min(conns) < 1:
-            raise ValueError
     except ValueError as exc:
-        print(f"edgerules bench: {exc or '--connections takes counts like 1,16,64'}", file=sys.stderr)
+        print(f"edgerules bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        conns = tuple(int(c) for c in args.connections.split(","))
+    except ValueError:
+        conns = ()
+    if not conns or min(conns) < 1:
+        print(f"edgerules bench: --connections takes counts like 1,16,64, not {args.connections!r}",
+              file=sys.stderr)
         return 2
     try:
         result = gatewaybench.run_scenarios(names, seconds=args.seconds, connections=conns)

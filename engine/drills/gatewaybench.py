@@ -219,12 +219,198 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+
+
+# ---- scenarios: policies that exercise the real work ------------------------------------------
+#
+# One gateway serves one policy holding a rule per scenario, chosen by the request's model, so
+# every scenario meets the same process (warm, same GC state) and only its own rule's work:
+#   routing  a route and nothing else
+#   limit    `limit requests 1_000_000_000 per 1m`: admits every request, so each pays the limiter
+#   tokens   `limit tokens 1_000_000_000_000 per 1m`: a token budget (estimate in, usage out)
+#   cache    `cache ttl 1h`, temperature 0: after the first request every answer is a HIT
+#   stream   the routing rule with "stream": true; read as SSE: time to first event, events/s
+# Direct and the pass-through get the same bodies (their upstream ignores the model's name).
+
+SCENARIOS = ("routing", "limit", "tokens", "cache", "stream")
+_SCENARIO_RULES = """
+rule bench_routing {{
+    when model == "routing" or model == "stream"
+    route {p}/bench
+}}
+
+rule bench_limit {{
+    when model == "limit"
+    limit requests 1_000_000_000 per 1m
+    route {p}/bench
+}}
+
+rule bench_tokens {{
+    when model == "tokens"
+    limit tokens 1_000_000_000_000 per 1m
+    route {p}/bench
+}}
+
+rule bench_cache {{
+    when model == "cache"
+    cache ttl 1h
+    route {p}/bench
+}}
+"""
+
+
+def scenario_names(text: str) -> tuple[str, ...]:
+    """'all' or a comma-separated list of SCENARIOS; ValueError naming the unknown one."""
+    if text.strip() == "all":
+        return SCENARIOS
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        if name not in SCENARIOS:
+            raise ValueError(f"unknown scenario {name!r}: choose from all, {', '.join(SCENARIOS)}")
+    if not names:
+        raise ValueError("--scenarios takes all or a list such as routing,limit")
+    return names
+
+
+def scenario_policy_dir(upstream_url: str) -> str:
+    out = Path(tempfile.mkdtemp(prefix="edgerules-bench-"))
+    (out / "bench.rules").write_text(f'provider {BENCH_PROVIDER} {{ url "{upstream_url}" }}\n'
+                                     + _SCENARIO_RULES.format(p=BENCH_PROVIDER))
+    return str(out)
+
+
+def scenario_body(name: str) -> bytes:
+    body = {"model": name, "messages": [{"role": "user", "content": "benchmark this request"}]}
+    if name == "stream":
+        body["stream"] = True
+    if name == "cache":
+        body["temperature"] = 0
+    return json.dumps(body).encode()
+
+
+def _load_stream(url: str, body: bytes, connections: int, seconds: float) -> dict:
+    with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
+        f.write(body)
+    try:
+        out = subprocess.run([sys.executable, "-m", "edgerules.drills.loadgen", url, "--body", f.name, "--stream",
+                              "--connections", str(connections), "--seconds", str(seconds)],
+                             capture_output=True, text=True, timeout=seconds + 60)
+        if out.returncode != 0:
+            raise RuntimeError(f"loadgen failed: {out.stderr.strip()[-500:]}")
+        return json.loads(out.stdout)
+    finally:
+        os.unlink(f.name)
+
+
+def _warm(url: str, body: bytes, count: int = 20) -> None:
+    """A few sequential requests: imports, pools, and the cache scenario's one MISS."""
+    for _ in range(count):
+        req = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+
+
+def run_scenarios(names=SCENARIOS, seconds: float = 2.0, connections=(1, 16, 64), progress=None) -> dict:
+    """Every scenario at every connection count against direct, the pass-through and edgerules,
+    all in one run. JSON scenarios load with wrk when installed (else loadgen); stream with loadgen,
+    which reads the events. Returns {"rows": [...], ...}: per scenario and connections, each
+    target's figures and edgerules' ratios and added latencies."""
+    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    py = sys.executable
+    up_port, pt_port, gw_port = _free_port(), _free_port(), _free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}/v1"
+    procs = []
+    policy_dir = scenario_policy_dir(upstream_url)
+    rows = []
+    try:
+        say("starting the upstream, the pass-through and the gateway ...")
+        procs.append(_start([py, "-m", "edgerules.drills.upstream", "--port", str(up_port)],
+                            f"http://127.0.0.1:{up_port}/healthz"))
+        procs.append(_start([py, "-m", "edgerules.drills.passthrough", "--upstream", upstream_url,
+                             "--port", str(pt_port)], f"http://127.0.0.1:{pt_port}/healthz"))
+        procs.append(_start([py, "-m", "edgerules", "serve", "--rules", policy_dir, "--port", str(gw_port),
+                             "--no-watch", "--log-level", "warning"], f"http://127.0.0.1:{gw_port}/healthz"))
+        targets = {name: (f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid)
+                   for name, port, proc in zip(("direct", "passthrough", "edgerules"),
+                                               (up_port, pt_port, gw_port), procs)}
+        for scenario in names:
+            body = scenario_body(scenario)
+            for url, _ in targets.values():
+                _warm(url, body)
+            for conns in connections:
+                figures = {}
+                for target, (url, pid) in targets.items():
+                    say(f"  {scenario:8} {conns:>3} connections  {target:11} ...")
+                    cpu0 = _cpu_seconds(pid)
+                    r = (_load_stream(url, body, conns, seconds) if scenario == "stream"
+                         else _load(url, body, conns, seconds))
+                    cpu1 = _cpu_seconds(pid)
+                    n = r.get("requests") or r["rps"] * seconds
+                    r["cpu_us"] = ((cpu1 - cpu0) / n * 1e6 if cpu0 is not None and cpu1 is not None and n
+                                   else None)
+                    figures[target] = r
+                rows.append(scenario_row(scenario, conns, figures))
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        shutil.rmtree(policy_dir, ignore_errors=True)
+    return {"loadgen": "wrk" if shutil.which("wrk") else "edgerules.drills.loadgen",
+            "stream_loadgen": "edgerules.drills.loadgen", "seconds": seconds,
+            "connections": list(connections), "rows": rows}
+
+
+def scenario_row(scenario: str, conns: int, figures: dict) -> dict:
+    d, p, e = figures["direct"], figures["passthrough"], figures["edgerules"]
+    row = {"scenario": scenario, "connections": conns, "figures": figures,
+           "rps": e["rps"], "errors": sum(f["errors"] for f in figures.values()),
+           "x_direct": e["rps"] / d["rps"] if d["rps"] else None,
+           "x_passthrough": e["rps"] / p["rps"] if p["rps"] else None,
+           "added_p50_ms_vs_direct": e["p50_ms"] - d["p50_ms"],
+           "added_p50_ms_vs_passthrough": e["p50_ms"] - p["p50_ms"],
+           "added_p99_ms_vs_direct": e["p99_ms"] - d["p99_ms"],
+           "added_p99_ms_vs_passthrough": e["p99_ms"] - p["p99_ms"],
+           "cpu_us": e.get("cpu_us"), "cpu_us_passthrough": p.get("cpu_us")}
+    if scenario == "stream":
+        row.update(ttft_p50_ms=e.get("ttft_p50_ms"), ttft_p50_ms_passthrough=p.get("ttft_p50_ms"),
+                   ttft_p50_ms_direct=d.get("ttft_p50_ms"),
+                   events_per_s=e.get("events_per_s"), events_per_s_passthrough=p.get("events_per_s"))
+    return row
+
+
+def render_scenarios(result: dict) -> str:
+    def cpu(v):
+        return f"{v:.0f}" if v else "-"
+    lines = ["| scenario | conns | edgerules req/s | x direct | x pass-through | added p50 vs direct / pass-through (ms) "
+             "| added p99 vs direct / pass-through (ms) | CPU µs/req edgerules / pass-through | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['scenario']} | {r['connections']} | {r['rps']:,.0f} | {r['x_direct']:.2f}x | "
+                     f"{r['x_passthrough']:.2f}x | {r['added_p50_ms_vs_direct']:+.2f} / "
+                     f"{r['added_p50_ms_vs_passthrough']:+.2f} | {r['added_p99_ms_vs_direct']:+.2f} / "
+                     f"{r['added_p99_ms_vs_passthrough']:+.2f} | {cpu(r['cpu_us'])} / "
+                     f"{cpu(r['cpu_us_passthrough'])} | {r['errors']} |")
+    streams = [r for r in result["rows"] if r["scenario"] == "stream"]
+    if streams:
+        lines += ["", "| stream, conns | time to first event p50 ms: direct / pass-through / edgerules "
+                      "| events/s: pass-through / edgerules |", "|---|---:|---:|"]
+        for r in streams:
+            lines.append(f"| {r['connections']} | {r['ttft_p50_ms_direct']:.2f} / {r['ttft_p50_ms_passthrough']:.2f}"
+                         f" / {r['ttft_p50_ms']:.2f} | {r['events_per_s_passthrough']:,.0f} / "
+                         f"{r['events_per_s']:,.0f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(prog="python -m edgerules.drills.gatewaybench")
     p.add_argument("rules", nargs="?", default="rules/")
     p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--scenarios", default=None, help="all, or some of " + ",".join(SCENARIOS))
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    res = run(a.rules, a.seconds)
-    print(json.dumps(res, indent=2) if a.json else render(res))
+    if a.scenarios:
+        res = run_scenarios(scenario_names(a.scenarios), a.seconds)
+        print(json.dumps(res, indent=2) if a.json else render_scenarios(res))
+    else:
+        res = run(a.rules, a.seconds)
+        print(json.dumps(res, indent=2) if a.json else render(res))
