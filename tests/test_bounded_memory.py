@@ -65,7 +65,8 @@ def chat(model: str, user: str = "u") -> dict:
 
 
 def test_distinct_model_names_leave_series_and_rss_bounded(gateway):
-    assert send_all(gateway, [chat(f"demo/m{i}-warm-{PAD}") for i in range(WARMUP)]) == {200: WARMUP}
+    warm = [chat(f"demo/m{i}-warm-{PAD}") for i in range(WARMUP)] + [chat(f"other/warm-{i}") for i in range(10)]
+    assert send_all(gateway, warm) == {200: len(warm)}    # both providers: every label value seen once
     before, before_series = rss(gateway.pid), len(series(gateway))
     names = [f"demo/m{i}-{PAD}" for i in range(FLOOD)] + [f"other/{i}-{PAD}" for i in range(FLOOD // 10)]
     assert send_all(gateway, [chat(n) for n in names]) == {200: len(names)}
