@@ -1,9 +1,13 @@
-"""Shared fixtures: a fake upstream per test module, and factories of upstreams and gateways per test."""
+"""Shared fixtures: a fake upstream per test module, factories of upstreams and gateways per test,
+and request-log stores (a SQLite file, or a database on a real PostgreSQL per module)."""
 from __future__ import annotations
+
+import time
 
 import pytest
 
 from gw import start_gateway
+from pg import Postgres
 from procs import start_upstream
 
 
@@ -40,3 +44,24 @@ def gateways(tmp_path):
     yield make
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    server = Postgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """The --log-store URI of a fresh store of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/requests.db"
+    server = request.getfixturevalue("postgres")
+    name = f"t{time.monotonic_ns()}"
+    import psycopg   # the postgres extra: imported only by tests that use the store
+
+    with psycopg.connect(server.uri, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.uri.rsplit("/", 1)[0] + "/" + name

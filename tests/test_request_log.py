@@ -14,7 +14,6 @@ import psycopg
 import pytest
 
 from gw import start_gateway
-from pg import Postgres
 from procs import EDGERULES, Process, free_port, wait_until
 
 ALICE, BOB = "sk-alice-requestlog-0001", "sk-bob-requestlog-00002"
@@ -41,25 +40,6 @@ rule quiet    { when header("x-test") == "quiet"   log none }
 rule verbose  { when header("x-test") == "full"    log full }
 rule everything { route up/m }
 """
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = Postgres().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    """The --log-store URI of a fresh store of each kind."""
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path}/requests.db"
-    server = request.getfixturevalue("postgres")
-    name = f"t{time.monotonic_ns()}"
-    with psycopg.connect(server.uri, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return server.uri.rsplit("/", 1)[0] + "/" + name
 
 
 def policy(upstream) -> str:

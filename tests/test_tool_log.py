@@ -7,14 +7,12 @@ import asyncio
 import json
 import sqlite3
 import subprocess
-import time
 
 import psycopg
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
-from pg import Postgres
 from procs import EDGERULES, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `streamable_http_client` instead:DeprecationWarning")
@@ -48,25 +46,6 @@ rule stats_unlogged for tools {{
     log none
 }}
 """
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = Postgres().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    """The --log-store URI of a fresh store of each kind."""
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path}/requests.db"
-    server = request.getfixturevalue("postgres")
-    name = f"t{time.monotonic_ns()}"
-    with psycopg.connect(server.uri, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return server.uri.rsplit("/", 1)[0] + "/" + name
 
 
 def stored_rows(store: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from gw import start_gateway
 from procs import EDGERULES, wait_until
-from test_request_log import ALICE, BOB, chat, logged, policy, postgres, store  # noqa: F401 (fixtures)
+from test_request_log import ALICE, BOB, chat, logged, policy  # noqa: F401 (policy is a fixture)
 
 SUMMED = ("requests", "errors", "cache_hits", "input_tokens", "output_tokens", "cost_usd")
 
