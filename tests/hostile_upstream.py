@@ -116,6 +116,11 @@ async def behave(x: Exchange, model: str, path: str) -> None:
             for at in range(0, len(body), MB):
                 await x.part(body[at:at + MB])
             await x.end()
+    elif model in ("anthropic-big", "anthropic-3mb"):   # Anthropic answers the gateway must translate
+        text = "z" * ((20 if model == "anthropic-big" else 3) * MB)
+        await x.whole(200, json.dumps({"id": "msg_h", "type": "message", "role": "assistant", "model": "h",
+                                       "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                                       "usage": {"input_tokens": 3, "output_tokens": 5}}).encode())
     elif model == "big-json":                # 8 MB: under the cap, passed through
         await x.whole(200, completion("y" * (8 * MB)))
     elif model == "huge-line":               # a 48 MB event line without a delimiter

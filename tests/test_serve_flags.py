@@ -47,6 +47,7 @@ OTHER = {"rules": ("a/", "b/"), "host": ("127.0.0.2", "127.0.0.3"), "port": ("90
          "body_timeout": ("3s", "4s"), "keep_alive_timeout": ("6s", "7s"), "max_connections": ("7", "8"),
          "forwarded_allow_ips": ("10.0.0.1", "10.0.0.2"), "reload_settle": ("1s", "2s"),
          "max_upstream_body": ("1MiB", "2MiB"), "max_upstream_event": ("4KiB", "8KiB"),
+         "max_parsed_answer": ("1MiB", "2MiB"),
          "log_store": ("none", "sqlite:///tmp/x.db"), "log_retention": ("2d", "12h"),
          "log_max_rows": ("5", "6"), "log_queue": ("7", "8"),
          "otel_endpoint": ("http://127.0.0.1:4318", "http://127.0.0.1:4319"),

@@ -17,6 +17,7 @@ from starlette.responses import Response, StreamingResponse
 
 from .errors import GatewayError
 from .pipeline import SSE_HEADERS
+from .providers.base import parsed_answer_limit
 from .replay import StreamAssembler, stream_events
 from .requests import parse_size
 from .usage import ask_stream_usage, client_asked_usage
@@ -75,6 +76,7 @@ class ResponseCache:
         self.entries = TLRUCache(self.max_bytes, _expires, time.monotonic, _size)
         self.inflight: dict[bytes, asyncio.Future] = {}
         self.remote = RemoteEntries(shared, self.max_entries, self.max_bytes) if shared is not None else None
+        self.max_parsed = parsed_answer_limit()   # a stream hit parses its entry whole: bigger is not kept
 
     async def serve(self, call, producer, request_headers) -> Response:
         """The answer from the cache, or from `producer()` (the upstream) stored on the way out."""
@@ -173,7 +175,7 @@ class ResponseCache:
         return Entry(body, call.route, float(call.decision.cache.ttl))
 
     async def _finish(self, key: bytes, done, entry: Entry | None, no_store: bool, token=None) -> None:
-        if entry is not None and not no_store:
+        if entry is not None and not no_store and len(entry.body) <= self.max_parsed:
             if self.remote is None:
                 self.store(key, entry)
             else:

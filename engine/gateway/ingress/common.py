@@ -101,6 +101,7 @@ class Exchange:
             # The release must be synchronous: the inner stream's own (its connection's close).
             return UpstreamStream(_translated(stream, translator), getattr(stream, "_release", None))
         answer = await provider.chat(self.chat, model, timeout)
+        provider.parseable(answer.body)
         data = ingress.from_chat(answer.json(), self.raw, model)
         return UpstreamResponse(200, orjson.dumps(data), data)
 
@@ -117,9 +118,15 @@ class Exchange:
         return UpstreamStream(_native_events(self.ingress, provider, resp, timeout, call), resp.close)
 
 
-def _native_answer(provider, raw: bytes) -> dict:
+def _native_answer(provider, raw: bytes) -> dict | None:
     """A 200 answer that is a JSON object and not an error in disguise (a Response carries
-    `"error": null`, so only an error object counts)."""
+    `"error": null`, so only an error object counts). One too big to parse quickly on the event
+    loop is only looked at: its usage is then read from its ends."""
+    if len(raw) > provider.max_parsed:
+        if not raw[:64].lstrip().startswith(b"{"):
+            raise provider.error(502, f"upstream '{provider.spec.name}' answered 200 with a body that is not a "
+                                      f"JSON object", upstream_status=200)
+        return None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
