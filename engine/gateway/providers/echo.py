@@ -120,7 +120,50 @@ def _inputs(value) -> list:
     return [value]
 
 
+# Words too common to tell prompts apart; dropped before hashing.
+_STOP_WORDS = frozenset(
+    "a an the is are was were be been am i me my we our you your it its this that these those "
+    "to of in on at for and or but do does did can could would should will please what whats "
+    "how which who whom with about as by from".split())
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _text_features(text: str) -> dict[str, float]:
+    """A normalized text as a bag of words and character trigrams (lower-case, punctuation
+    stripped, stop words dropped), so that paraphrases share most of their features."""
+    words = [w for w in _WORD.findall(text.lower().replace("'", "")) if w not in _STOP_WORDS]
+    bag: dict[str, float] = {}
+    for word in words:
+        bag["w:" + word] = bag.get("w:" + word, 0.0) + 1.0
+        padded = f" {word} "
+        for i in range(len(padded) - 2):
+            gram = "t:" + padded[i:i + 3]
+            bag[gram] = bag.get(gram, 0.0) + 0.5
+    return bag
+
+
+def _text_vector(text: str, dimensions: int) -> list[float] | None:
+    """A hashed bag of the text's features, L2-normalized; None for a text with none."""
+    bag = _text_features(text)
+    if not bag:
+        return None
+    out = [0.0] * dimensions
+    for feature, weight in bag.items():
+        h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
+        out[(h >> 1) % dimensions] += weight if h & 1 else -weight
+    norm = sum(x * x for x in out) ** 0.5
+    if norm == 0.0:
+        return None
+    return [round(x / norm, 6) for x in out]
+
+
 def _vector(item, dimensions: int) -> list[float]:
+    """Deterministic and meaningful for text: paraphrases score high by cosine, unrelated
+    texts low. Token arrays and texts without a word get a hash of their bytes."""
+    if isinstance(item, str):
+        vector = _text_vector(item, dimensions)
+        if vector is not None:
+            return vector
     seed = item.encode() if isinstance(item, str) else orjson.dumps(item)
     out: list[float] = []
     counter = 0
