@@ -1,0 +1,540 @@
+"""Peers in the same run: LiteLLM's proxy and Portkey's gateway beside edgerules, direct and the pass-through.
+
+`edgerules bench --peers litellm,portkey` (or `python -m edgerules.drills.peers`) installs each
+peer into a throwaway folder under ~/.cache/edgerules-peers/ (`EDGERULES_PEERS_CACHE` moves it):
+LiteLLM's proxy with `pip install 'litellm[proxy]'` into a venv of its own, Portkey's gateway with
+`npm install @portkey-ai/gateway` (run with node). Neither is a dependency of edgerules.
+
+Every server runs on 127.0.0.1 in a process started and stopped here by PID, and every one of
+them forwards to the same fake upstream (`edgerules upstream`):
+  direct       the upstream itself
+  passthrough  the bare Starlette + aiohttp pass-through (edgerules.drills.passthrough)
+  edgerules    `edgerules serve` on POLICY below: two guards, a `limit requests ... by key` every
+               request meets, an alias `chat` with retries and a fallback to a second provider
+  litellm      `litellm --config` with the alias `chat` (openai/..., api_base the upstream), 2
+               retries, a fallback to a second deployment, the master key = edgerules' key;
+               telemetry off, no database, the local model cost map (no outbound call)
+  portkey      the gateway with an `x-portkey-config`: fallback over two `custom_host` targets,
+               retry 2 attempts
+Identical traffic: wrk (or, without wrk, a bounded aiohttp loop) sends the same body and the
+same headers (the key, Portkey's config header) to every target; each ignores what is not its
+own. Peers run neither guards nor a rate limit (they would need a database or plugins for
+those), which favours them.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import gatewaybench as gb
+
+PEERS = ("litellm", "portkey")
+TARGETS = ("direct", "passthrough", "edgerules") + PEERS
+CONNECTIONS = (1, 32)
+KEY = "sk-edgerules-peers-bench"          # a benchmark key, not a secret: all on 127.0.0.1
+MODEL = "chat"
+BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "benchmark this request"}]})
+README_BEGIN = "<!-- peers:begin (python3 -m edgerules.drills.peers --write-readme README.md) -->"
+README_END = "<!-- peers:end -->"
+
+POLICY = """\
+provider primary {{ url "{upstream}" }}
+provider backup  {{ url "{upstream}" }}
+
+key bench {{ secret env("EDGERULES_PEERS_KEY") }}
+
+rule guard_huge_prompt {{
+    when input_tokens > 32_000
+    deny 413 "prompt is larger than 32k tokens"
+}}
+
+rule guard_batch_stream {{
+    when header("x-client") == "batch" and stream
+    deny 400 "batch clients do not stream"
+}}
+
+rule tier {{
+    limit requests 1_000_000_000 per 1m by key
+}}
+
+rule chat_alias {{
+    when model == "{model}"
+    retry 2 backoff constant 50ms on 429, 5xx, connect
+    route fallback [primary/bench, backup/bench]
+}}
+"""
+
+
+class PeerUnavailable(Exception):
+    """A peer could not be installed or started here; the message says why."""
+
+
+@dataclass
+class Figure:
+    target: str
+    connections: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int | None = None
+    cpu_us: float | None = None
+
+
+# ---- configuration of each server -------------------------------------------------------------
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGERULES_PEERS_CACHE") or Path.home() / ".cache" / "edgerules-peers")
+
+
+def policy_text(upstream_url: str) -> str:
+    return POLICY.format(upstream=upstream_url, model=MODEL)
+
+
+def litellm_config(upstream_url: str) -> dict:
+    """LiteLLM's config.yaml (written as JSON, which YAML reads): the same alias, retries, fallback."""
+    params = {"model": "openai/bench", "api_base": upstream_url, "api_key": "sk-upstream"}
+    return {
+        "model_list": [{"model_name": MODEL, "litellm_params": params},
+                       {"model_name": f"{MODEL}-backup", "litellm_params": dict(params)}],
+        "router_settings": {"num_retries": 2, "fallbacks": [{MODEL: [f"{MODEL}-backup"]}]},
+        "litellm_settings": {"telemetry": False, "num_retries": 2, "drop_params": True},
+        "general_settings": {"master_key": KEY, "disable_spend_logs": True},
+    }
+
+
+def portkey_config(upstream_url: str) -> dict:
+    """Portkey's `x-portkey-config`: fallback over two custom hosts, 2 retry attempts."""
+    target = {"provider": "openai", "api_key": "sk-upstream", "custom_host": upstream_url}
+    return {"strategy": {"mode": "fallback"}, "retry": {"attempts": 2},
+            "targets": [dict(target), dict(target)]}
+
+
+def request_headers(upstream_url: str) -> dict[str, str]:
+    """The headers every target gets, so the traffic is byte for byte the same."""
+    return {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}",
+            "x-portkey-config": json.dumps(portkey_config(upstream_url), separators=(",", ":"))}
+
+
+def litellm_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "LITELLM_MASTER_KEY")}
+    env.update(LITELLM_TELEMETRY="False", LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR",
+               DISABLE_ADMIN_UI="True", NO_DOCS="True", NO_PROXY="127.0.0.1,localhost")
+    return env
+
+
+def portkey_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_CONNECTION_STRING", "HTTP_PROXY", "HTTPS_PROXY")}
+    env.update(NODE_ENV="production")   # production: no log UI, no dev routes
+    return env
+
+
+# ---- installing the peers ---------------------------------------------------------------------
+
+def install_litellm(cache: Path, spec: str = "litellm[proxy]", say=print) -> Path:
+    """The `litellm` executable of a venv under cache, created with `pip install SPEC` once."""
+    venv = cache / "litellm-venv"
+    exe = venv / "bin" / "litellm"
+    if exe.exists():
+        return exe
+    say(f"installing {spec} into {venv} (once) ...")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", spec],
+                       check=True, capture_output=True, text=True, timeout=1800)
+    except subprocess.CalledProcessError as exc:
+        raise PeerUnavailable(f"pip install {spec} failed: {(exc.stderr or '')[-800:]}") from None
+    except subprocess.TimeoutExpired:
+        raise PeerUnavailable(f"pip install {spec} took over 30 minutes") from None
+    if not exe.exists():
+        raise PeerUnavailable(f"pip install {spec} left no {exe}")
+    return exe
+
+
+def install_portkey(cache: Path, spec: str = "@portkey-ai/gateway", say=print) -> Path:
+    """The gateway's start-server.js under cache/portkey, from `npm install SPEC` once."""
+    folder = cache / "portkey"
+    entry = folder / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    if entry.exists():
+        return entry
+    if not shutil.which("npm") or not shutil.which("node"):
+        raise PeerUnavailable("Portkey's gateway needs node and npm (apt-get install nodejs npm)")
+    say(f"installing {spec} into {folder} (once) ...")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "package.json").exists():
+        (folder / "package.json").write_text('{"name": "edgerules-peers-portkey", "private": true}\n')
+    try:
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", spec], cwd=folder, check=True,
+                       capture_output=True, text=True, timeout=1800)
+    except subprocess.CalledProcessError as exc:
+        raise PeerUnavailable(f"npm install {spec} failed: {(exc.stderr or '')[-800:]}") from None
+    except subprocess.TimeoutExpired:
+        raise PeerUnavailable(f"npm install {spec} took over 30 minutes") from None
+    if not entry.exists():
+        raise PeerUnavailable(f"npm install {spec} left no {entry}")
+    return entry
+
+
+def peer_version(name: str, cache: Path) -> str:
+    try:
+        if name == "litellm":
+            py = cache / "litellm-venv" / "bin" / "python"
+            out = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+                                 capture_output=True, text=True, timeout=60)
+            return out.stdout.strip() or "?"
+        pkg = cache / "portkey" / "node_modules" / "@portkey-ai" / "gateway" / "package.json"
+        return json.loads(pkg.read_text())["version"]
+    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired):
+        return "?"
+
+
+# ---- processes --------------------------------------------------------------------------------
+
+def _start(argv, health: str, env=None, timeout: float = 60.0, cwd=None) -> subprocess.Popen:
+    """Start a server and wait for its health URL; its stderr goes to a file (a pipe nobody reads
+    would fill and block a chatty peer)."""
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+    proc.log = log
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise PeerUnavailable(f"{argv[0]} exited with {proc.returncode}: {_tail(proc)}")
+        try:
+            with urllib.request.urlopen(health, timeout=2) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.1)
+    _stop(proc)
+    raise PeerUnavailable(f"{argv[0]} did not answer {health} within {timeout:.0f}s: {_tail(proc)}")
+
+
+def _tail(proc) -> str:
+    proc.log.seek(0)
+    return proc.log.read().decode(errors="replace")[-1500:]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    gb._stop(proc)
+    proc.log.close()
+
+
+def start_servers(names, cache: Path, say=print) -> tuple[dict, list]:
+    """Every target's (url, pid), and the processes to stop. Peers that cannot run are left out
+    (with the reason said); the upstream, the pass-through and edgerules must start."""
+    py = sys.executable
+    ports = {name: gb._free_port() for name in ("direct",) + tuple(names)}
+    upstream_url = f"http://127.0.0.1:{ports['direct']}/v1"
+    procs, targets, skipped = [], {}, {}
+    policy_dir = Path(tempfile.mkdtemp(prefix="edgerules-peers-"))
+    (policy_dir / "bench.rules").write_text(policy_text(upstream_url))
+    try:
+        up = _start([py, "-m", "edgerules.drills.upstream", "--port", str(ports["direct"])],
+                    f"http://127.0.0.1:{ports['direct']}/healthz")
+        procs.append(up)
+        targets["direct"] = up
+        for name in names:
+            port = ports[name]
+            try:
+                targets[name] = _start_one(name, port, upstream_url, policy_dir, cache, say)
+            except PeerUnavailable as exc:
+                if name not in PEERS:
+                    raise
+                skipped[name] = str(exc)
+                say(f"  {name}: skipped: {exc}")
+                continue
+            procs.append(targets[name])
+    except BaseException:
+        for proc in reversed(procs):
+            _stop(proc)
+        shutil.rmtree(policy_dir, ignore_errors=True)
+        raise
+    urls = {name: (f"http://127.0.0.1:{ports[name]}/v1/chat/completions", proc.pid)
+            for name, proc in targets.items()}
+    return {"urls": urls, "upstream": upstream_url, "skipped": skipped, "policy_dir": policy_dir}, procs
+
+
+def _start_one(name: str, port: int, upstream_url: str, policy_dir: Path, cache: Path, say) -> subprocess.Popen:
+    py = sys.executable
+    health = f"http://127.0.0.1:{port}"
+    if name == "passthrough":
+        return _start([py, "-m", "edgerules.drills.passthrough", "--upstream", upstream_url, "--port", str(port)],
+                      health + "/healthz")
+    if name == "edgerules":
+        env = dict(os.environ, EDGERULES_PEERS_KEY=KEY)
+        return _start([py, "-m", "edgerules", "serve", "--rules", str(policy_dir), "--port", str(port),
+                       "--no-watch", "--log-level", "warning"], health + "/healthz", env=env)
+    if name == "litellm":
+        exe = install_litellm(cache, say=say)
+        config = policy_dir / "litellm.yaml"
+        config.write_text(json.dumps(litellm_config(upstream_url), indent=2))
+        return _start([str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+                       "--num_workers", "1"], health + "/health/liveliness", env=litellm_env(), timeout=180,
+                      cwd=policy_dir)
+    if name == "portkey":
+        entry = install_portkey(cache, say=say)
+        return _start(["node", str(entry), f"--port={port}", "--headless"], health + "/", env=portkey_env(),
+                      timeout=60, cwd=policy_dir)
+    raise ValueError(f"unknown target {name!r}")
+
+
+# ---- load -------------------------------------------------------------------------------------
+
+_WRK_LUA = """wrk.method = "POST"
+wrk.body = [==[{body}]==]
+{headers}
+{stop}"""
+_WRK_STOP = """local count = 0
+response = function(status, headers, body)
+    count = count + 1
+    if count >= {per_thread} then wrk.thread:stop() end
+end
+"""
+
+
+def wrk_script(body: str, headers: dict[str, str], max_requests: int | None = None, threads: int = 1) -> str:
+    """wrk's Lua: the POST with its headers; with max_requests each thread stops after its share."""
+    for text in (body, *headers.values()):
+        if "]==]" in text:
+            raise ValueError("a body or header holds ']==]', which ends a Lua long string")
+    lines = "\n".join(f"wrk.headers[ [==[{k}]==] ] = [==[{v}]==]" for k, v in headers.items())
+    stop = _WRK_STOP.format(per_thread=max(1, -(-max_requests // threads))) if max_requests else ""
+    return _WRK_LUA.format(body=body, headers=lines, stop=stop)
+
+
+def parse_wrk(out: str) -> dict:
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"wrk gave no figures: {out.strip()[-500:]}")
+    total = re.search(r"(\d+) requests in", out)
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors += sum(int(x) for x in m.groups()) if m else 0
+    return {"rps": float(found.group(1)), "p50_ms": gb._wrk_ms(out, "50%"), "p99_ms": gb._wrk_ms(out, "99%"),
+            "errors": errors, "requests": int(total.group(1)) if total else None}
+
+
+def load(url: str, body: str, headers: dict, connections: int, seconds: float,
+         max_requests: int | None = None) -> dict:
+    """Bounded load on one URL: wrk when installed (for whole seconds, and at most max_requests),
+    else an aiohttp loop in this process bounded the same way. With max_requests, wrk still
+    divides by the whole duration, so req/s is then a floor (the harness's own test uses it)."""
+    if not shutil.which("wrk"):
+        return asyncio.run(_aio_load(url, body, headers, connections, seconds, max_requests))
+    threads = min(2, connections)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(wrk_script(body, headers, max_requests, threads))
+    whole = max(1, round(seconds))
+    try:
+        done = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{whole}s", "--timeout", "10s",
+                               "--latency", "-s", f.name, url], capture_output=True, text=True, timeout=whole + 60)
+    finally:
+        os.unlink(f.name)
+    return parse_wrk(done.stdout + done.stderr)
+
+
+async def _aio_load(url, body, headers, connections, seconds, max_requests) -> dict:
+    import aiohttp
+    latencies, errors, sent = [], 0, 0
+    cap = max_requests or 10**9
+    stop_at = time.perf_counter() + seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
+        async def worker():
+            nonlocal errors, sent
+            while sent < cap and time.perf_counter() < stop_at:
+                sent += 1
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url, data=body.encode(), headers=headers) as resp:
+                        await resp.read()
+                        ok = resp.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    pick = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000) if latencies else (lambda q: 0.0)
+    return {"rps": len(latencies) / elapsed, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "errors": errors,
+            "requests": len(latencies)}
+
+
+def warm(url: str, body: str, headers: dict, count: int = 20) -> None:
+    """Sequential requests before measuring (imports, pools, LiteLLM's first-call setup); the
+    first answer must be a 200, else the target is misconfigured and its figures would lie."""
+    for i in range(count):
+        req = urllib.request.Request(url, data=body.encode(), headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"{url} answered {exc.code}: {exc.read()[:500]!r}") from None
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+def run(peers=PEERS, seconds: float = 3.0, connections=CONNECTIONS, max_requests: int | None = None,
+        cache: Path | None = None, progress=None) -> dict:
+    """Every target at every connection count, back to back in one run; see the module docstring."""
+    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    cache = cache or cache_dir()
+    names = ("passthrough", "edgerules") + tuple(peers)
+    say("starting the upstream, the pass-through, edgerules" + "".join(f", {p}" for p in peers) + " ...")
+    servers, procs = start_servers(names, cache, say)
+    figures = []
+    try:
+        headers = request_headers(servers["upstream"])
+        for url, _ in servers["urls"].values():
+            warm(url, BODY, headers)
+        for conns in connections:
+            for target, (url, pid) in servers["urls"].items():
+                say(f"  {conns:>3} connections  {target:11} ...")
+                load(url, BODY, headers, conns, min(1.0, seconds), max_requests)   # warm at this concurrency
+                cpu0 = gb._cpu_seconds(pid)
+                r = load(url, BODY, headers, conns, seconds, max_requests)
+                cpu1 = gb._cpu_seconds(pid)
+                n = r.get("requests") or r["rps"] * seconds
+                cpu = (cpu1 - cpu0) / n * 1e6 if cpu0 is not None and cpu1 is not None and n else None
+                figures.append(Figure(target, conns, r["rps"], r["p50_ms"], r["p99_ms"], r["errors"],
+                                      r.get("requests"), cpu))
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        shutil.rmtree(servers["policy_dir"], ignore_errors=True)
+    return {"loadgen": "wrk" if shutil.which("wrk") else "aiohttp loop", "seconds": seconds,
+            "connections": list(connections), "skipped": servers["skipped"],
+            "versions": {p: peer_version(p, cache) for p in peers if p not in servers["skipped"]},
+            "figures": [asdict(f) for f in figures], "rows": rows([asdict(f) for f in figures])}
+
+
+def rows(figures: list[dict]) -> list[dict]:
+    """Per target and connection count: x direct throughput, added p50/p99 over direct."""
+    by = {(f["target"], f["connections"]): f for f in figures}
+    out = []
+    for target in [t for t in TARGETS if any(k[0] == t for k in by)]:
+        for conns in sorted({c for t, c in by if t == target}):
+            f, d = by[(target, conns)], by.get(("direct", conns))
+            out.append({"target": target, "connections": conns, "rps": f["rps"], "errors": f["errors"],
+                        "cpu_us": f.get("cpu_us"),
+                        "x_direct": f["rps"] / d["rps"] if d and d["rps"] else None,
+                        "added_p50_ms": f["p50_ms"] - d["p50_ms"] if d else None,
+                        "added_p99_ms": f["p99_ms"] - d["p99_ms"] if d else None})
+    return out
+
+
+LABELS = {"direct": "direct (`edgerules upstream`)", "passthrough": "bare Starlette + aiohttp pass-through",
+          "edgerules": "edgerules serve, guards + limit by key + alias with retries and fallback",
+          "litellm": "LiteLLM proxy {v} (1 worker)", "portkey": "Portkey gateway {v} (node)"}
+
+
+def render(result: dict) -> str:
+    """One markdown row per target: x direct, added p50/p99 and req/s at each connection count."""
+    conns = result["connections"]
+    head = ["target"]
+    for c in conns:
+        head += [f"x direct @{c}", f"added p50 @{c} (ms)", f"added p99 @{c} (ms)", f"req/s @{c}"]
+    head += ["CPU µs/req @" + str(conns[-1]), "errors"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    by = {(r["target"], r["connections"]): r for r in result["rows"]}
+    for target in [t for t in TARGETS if any(k[0] == t for k in by)]:
+        label = LABELS[target].format(v=result.get("versions", {}).get(target, ""))
+        cells, errors = [label], 0
+        for c in conns:
+            r = by.get((target, c))
+            if r is None:
+                cells += ["-"] * 4
+                continue
+            errors += r["errors"]
+            direct = target == "direct"
+            cells += ["1.00x" if direct else _num(r["x_direct"], "{:.3f}x"),
+                      "-" if direct else _num(r["added_p50_ms"], "{:+.2f}"),
+                      "-" if direct else _num(r["added_p99_ms"], "{:+.2f}"), f"{r['rps']:,.0f}"]
+        last = by.get((target, conns[-1]))
+        cells += [_num(last and last.get("cpu_us"), "{:.0f}"), str(errors)]
+        lines.append("| " + " | ".join(cells) + " |")
+    for name, why in result.get("skipped", {}).items():
+        lines.append(f"\n{name} skipped: {why.splitlines()[0] if why else ''}")
+    return "\n".join(lines)
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def write_readme(path: str, table: str, command: str) -> None:
+    """Replace the block between README_BEGIN and README_END with the command and the table."""
+    text = Path(path).read_text(encoding="utf-8")
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path} has no {README_BEGIN} ... {README_END} block")
+    block = f"{README_BEGIN}\n`{command}`:\n\n{table}\n"
+    Path(path).write_text(text[:start] + block + text[end:], encoding="utf-8")
+
+
+def peer_names(text: str) -> tuple[str, ...]:
+    """'all', or a comma-separated list of PEERS; ValueError naming the unknown one."""
+    if text.strip() in ("all", ""):
+        return PEERS
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        if name not in PEERS:
+            raise ValueError(f"unknown peer {name!r}: choose from all, {', '.join(PEERS)}")
+    return names
+
+
+def run_from_bench(args) -> int:
+    """`edgerules bench --peers LIST [--seconds S] [--connections N,N] [--json]`."""
+    try:
+        names = peer_names(args.peers)
+        conns = (CONNECTIONS if args.connections == "1,16,64"   # the scenarios' default: not ours
+                 else tuple(int(c) for c in args.connections.split(",")))
+    except ValueError as exc:
+        print(f"edgerules bench: {exc}", file=sys.stderr)
+        return 2
+    result = run(names, max(args.seconds, 1.0), conns)
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m edgerules.drills.peers", description=__doc__.splitlines()[0])
+    p.add_argument("--peers", default="all", help="all (default), or some of " + ",".join(PEERS))
+    p.add_argument("--seconds", type=float, default=3.0, help="each measurement, whole seconds (default 3)")
+    p.add_argument("--connections", default="1,32", help="connection counts (default 1,32)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--write-readme", metavar="FILE", help="also rewrite FILE's peers table (README.md)")
+    a = p.parse_args(argv)
+    try:
+        names = peer_names(a.peers)
+        conns = tuple(int(c) for c in a.connections.split(","))
+    except ValueError as exc:
+        p.error(str(exc))
+    result = run(names, a.seconds, conns)
+    table = render(result)
+    print(json.dumps(result, indent=2) if a.json else table)
+    if a.write_readme:
+        command = "python3 -m edgerules.drills.peers" + ("" if a.peers == "all" else f" --peers {a.peers}") + \
+                  f" --seconds {a.seconds:g} --connections {a.connections} --write-readme {a.write_readme}"
+        write_readme(a.write_readme, table, command)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
