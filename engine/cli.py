@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("bench", help="rule-evaluation throughput of the compiled policy")
-    p.add_argument("path")
+    p.add_argument("path", nargs="?", help="the policy (not with --peers, which serves a policy of its own)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--request", metavar="FILE", help="a JSON request, or a JSON list of them (default: generated)")
     src.add_argument("--requests", metavar="FILE",
@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "routing,limit,tokens,cache,stream), on a policy of its own")
     p.add_argument("--connections", default="1,16,64", metavar="N,N",
                    help="with --scenarios: the connection counts (default 1,16,64)")
+    p.add_argument("--peers", metavar="LIST",
+                   help="whole requests through LiteLLM's proxy and Portkey's gateway (all, or some of "
+                        "litellm,portkey; installed once under ~/.cache/edgerules-peers) beside edgerules, "
+                        "direct and the pass-through; --connections defaults to 1,32 here")
     p.set_defaults(run=cmd_bench)
 
     from .drills.upstream import cli as upstream_cli
@@ -208,6 +212,15 @@ def cmd_serve(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.peers is not None:
+        if args.path:
+            print("edgerules bench: --peers serves a policy of its own; give no PATH", file=sys.stderr)
+            return 2
+        from .drills.peers import run_from_bench
+        return run_from_bench(args)
+    if not args.path:
+        print("edgerules bench: give the policy PATH (a directory of .rules files, or one file)", file=sys.stderr)
+        return 2
     from .drills.benchmark import run_bench
     return run_bench(args)
 
