@@ -18,6 +18,7 @@ from limits.storage import storage_from_string
 from ..lang.schema import estimate_tokens
 from ..lang.spec import LimitSpec, target_leaves
 from .errors import GatewayError
+from .memstore import DequeMemoryStorage
 from .router import resolve_model
 from .shared import limits_options
 from .usage import ask_stream_usage
@@ -46,7 +47,9 @@ def async_uri(uri: str) -> str:
 
 def open_storage(state_uri: str, shared=None):
     """The limits storage for a state URI, on the shared Redis pool when there is one (shared.py);
-    errors come as limits' StorageError."""
+    errors come as limits' StorageError. memory:// keeps its moving windows in deques (memstore.py)."""
+    if async_uri(state_uri).partition("://")[0] == "async+memory":
+        return DequeMemoryStorage(state_uri, wrap_exceptions=True)
     return storage_from_string(async_uri(state_uri), wrap_exceptions=True, **limits_options(shared))
 
 

@@ -1,0 +1,106 @@
+"""`memory://` for the limits library: its asyncio MemoryStorage with each moving window kept
+oldest-first in a deque, expired by the request that meets it, and no expiry task.
+
+The library's own storage keeps a moving window newest-first in a list: every hit inserts at the
+front (a copy of the whole window: ~45 µs at 100,000 entries, a limit met by 1,600 requests/s over
+a minute) and every acquire or increment starts an expiry task that bisects each window through
+`asyncio.to_thread` and copies it. Here a hit is an append, the window statistics are the deque's
+first entry and length, and one sweep a second drops the counters nobody touched.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from itertools import repeat
+
+from limits.aio.storage import MemoryStorage
+
+SWEEP_EVERY = 1.0   # seconds between sweeps of counters whose window ended
+
+
+class DequeMemoryStorage(MemoryStorage):
+    # No STORAGE_SCHEME of its own: `async+memory://` keeps naming the library's class; the
+    # limiter builds this one for memory:// explicitly.
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options) -> None:
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        self.events: dict[str, deque[float]] = {}
+        self._spans: dict[str, int] = {}    # a moving window's length, for the sweep
+        self._next_sweep = time.time() + SWEEP_EVERY
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        if amount > limit:
+            return False
+        now = time.time()
+        events = self.events.get(key)
+        if events is None:
+            events = self.events[key] = deque()
+            self._spans[key] = expiry
+        else:
+            _drop_before(events, now - expiry)
+        if len(events) + amount > limit:
+            return False
+        if amount == 1:
+            events.append(now)
+        else:
+            events.extend(repeat(now, amount))
+        if now >= self._next_sweep:
+            self._sweep(now)
+        return True
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        """(time of the oldest entry still in the window, entries in the window)."""
+        now = time.time()
+        events = self.events.get(key)
+        if events:
+            _drop_before(events, now - expiry)
+            if events:
+                return events[0], len(events)
+        return now, 0
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        now = time.time()
+        storage = self.storage
+        if self.expirations.get(key, 0) <= now:
+            storage.pop(key, None)
+            self.expirations.pop(key, None)
+        count = storage[key] = storage.get(key, 0) + amount
+        if count == amount:
+            self.expirations[key] = now + expiry
+        if now >= self._next_sweep:
+            self._sweep(now)
+        return count
+
+    async def decr(self, key: str, amount: int = 1) -> int:
+        count = max(await self.get(key) - amount, 0)
+        if key in self.expirations:
+            self.storage[key] = count
+        return count
+
+    async def clear(self, key: str) -> None:
+        await super().clear(key)
+        self._spans.pop(key, None)
+
+    async def reset(self) -> int | None:
+        self._spans.clear()
+        return await super().reset()
+
+    def _sweep(self, now: float) -> None:
+        """Forget the counters whose window ended: the memory a key uses ends with its window."""
+        self._next_sweep = now + SWEEP_EVERY
+        spans = self._spans
+        for key, events in list(self.events.items()):
+            _drop_before(events, now - spans.get(key, 0))
+            if not events:
+                del self.events[key]
+                spans.pop(key, None)
+        for key, expiry in list(self.expirations.items()):
+            if expiry <= now:
+                self.storage.pop(key, None)
+                del self.expirations[key]
+        self.locks.clear()   # the library's per-key asyncio locks: this storage takes none
+
+
+def _drop_before(events: deque, cutoff: float) -> None:
+    while events and events[0] < cutoff:
+        events.popleft()
