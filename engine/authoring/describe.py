@@ -65,4 +65,8 @@ def cache_text(decision) -> str:
         return "no cache"
     if not decision.cache.enabled:
         return "cache off"
+    semantic = decision.cache.semantic
+    if semantic is not None:
+        return (f"cache semantic {semantic.threshold:g} ttl {duration_text(decision.cache.ttl)} "
+                f"using {semantic.provider}/{semantic.model}")
     return f"cache ttl {duration_text(decision.cache.ttl)}"

@@ -138,6 +138,18 @@ class Cache:
     by: tuple[Expr, ...]
     loc: Location
     shared: bool = False     # `shared`: one answer for every key and user
+    semantic: "SemanticCache | None" = None   # `cache semantic ...`
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticCache:
+    """`cache semantic 0.95 ttl 1h using PROVIDER/MODEL`: the threshold and the embeddings model."""
+
+    threshold: float
+    threshold_loc: Location
+    provider: str
+    model: str
+    using_loc: Location
 
 
 @dataclass(frozen=True, slots=True)

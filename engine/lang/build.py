@@ -202,6 +202,15 @@ class AstBuilder(Transformer_NonRecursive):
         return ast.Cache(parse_duration(ttl), by or (), self._loc(meta), shared=shared is not None)
 
     @v_args(meta=True)
+    def cache_semantic(self, meta, items):
+        threshold, ttl, provider, model, by, shared = items
+        using_loc = self._tok(provider)
+        semantic = ast.SemanticCache(parse_number(threshold), self._tok(threshold), str(provider), model,
+                                     using_loc)
+        return ast.Cache(parse_duration(ttl), by or (), self._loc(meta), shared=shared is not None,
+                         semantic=semantic)
+
+    @v_args(meta=True)
     def cache_off(self, meta, items):
         return ast.Cache(None, (), self._loc(meta))
 

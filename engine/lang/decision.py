@@ -41,6 +41,8 @@ class Decision:
                       "rule": self.cache.rule} if self.cache.enabled else "off")
             if self.cache.shared and self.cache.enabled:
                 cache["shared"] = True
+            if self.cache.semantic is not None:
+                cache["semantic"] = self.cache.semantic.to_dict()
         out = {
             "matched": list(self.matched),
             "action": self.action,

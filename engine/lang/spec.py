@@ -207,10 +207,23 @@ class CacheSpec:
     ttl: float | None            # None: `cache off`
     by: tuple[str, ...] = ()
     shared: bool = False         # False: the key's name and the body's `user` are part of the cache key
+    semantic: "SemanticSpec | None" = None   # `cache semantic`: also answer prompts near a stored one
 
     @property
     def enabled(self) -> bool:
         return self.ttl is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticSpec:
+    """`cache semantic THRESHOLD ttl T using PROVIDER/MODEL`."""
+
+    threshold: float             # the least cosine similarity served, in (0, 1]
+    provider: str                # the provider whose embeddings endpoint embeds prompts
+    model: str
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "using": f"{self.provider}/{self.model}"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,9 @@ class RuleChecks:
                 self.error("bad-duration", "cache ttl must be longer than zero", a.loc)
             if a.ttl is not None:
                 self._note_cache_scope(rule, a)
-            return CheckedAction("cache", CacheSpec(rule.name, a.ttl, texts(a.by), a.shared), by=a.by, loc=a.loc)
+            semantic = self._semantic(a.semantic) if a.semantic is not None else None
+            return CheckedAction("cache", CacheSpec(rule.name, a.ttl, texts(a.by), a.shared, semantic),
+                                 by=a.by, loc=a.loc)
         if isinstance(a, ast.Retry):
             return CheckedAction("retry", self._retry(a), loc=a.loc)
         if isinstance(a, (ast.Timeout, ast.Deadline)):
@@ -96,6 +98,25 @@ class RuleChecks:
         if isinstance(a, ast.Tag):
             return CheckedAction("tag", a.label, loc=a.loc)
         return CheckedAction("log", a.level, loc=a.loc)
+
+    def _semantic(self, s: ast.SemanticCache):
+        """`cache semantic T ttl D using P/M`: a similarity in (0, 1], a provider that embeds."""
+        from ..spec import SemanticSpec
+
+        if not 0 < s.threshold <= 1:
+            self.error("semantic-threshold", f"a semantic cache's threshold is a cosine similarity above 0 and "
+                                             f"at most 1, not {_num(s.threshold)}", s.threshold_loc,
+                       hint="0.95 serves close paraphrases only; lower values serve looser matches")
+        provider = self.providers.get(s.provider)
+        if provider is None:
+            close = difflib.get_close_matches(s.provider, list(self.providers), n=1)
+            self.error("unknown-provider", f"unknown provider '{s.provider}'", s.using_loc,
+                       hint=f"did you mean '{close[0]}'?" if close else "declare it with provider NAME { ... }")
+        elif provider.format in ("anthropic", "bedrock"):
+            self.error("no-embeddings", f"provider '{s.provider}' ({provider.format} format) does not serve "
+                                        f"embeddings", s.using_loc,
+                       hint="name an openai, azure, gemini or echo provider after 'using'")
+        return SemanticSpec(float(s.threshold), s.provider, s.model)
 
     def _note_cache_scope(self, rule: ast.Rule, a: ast.Cache) -> None:
         if a.shared:
