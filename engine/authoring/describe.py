@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import re
 
-from ..lang.spec import Fallback, Fastest, Single, Split, Target
+from ..lang.spec import Fallback, Fastest, Hedge, Single, Split, Target
 
 _UNITS = (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0))
 _BARE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
@@ -32,6 +32,9 @@ def target_text(target: Target) -> str:
     if isinstance(target, Split):
         members = ", ".join(f"{number_text(w)}% {target_text(m)}" for w, m in zip(target.weights, target.members))
         return f"split [{members}]" + (" by ..." if target.sticky else "")
+    if isinstance(target, Hedge):
+        after = f"p{target.percentile:g}" if target.percentile is not None else duration_text(target.delay)
+        return f"hedge [{', '.join(target_text(m) for m in target.members)}] after {after}"
     word = "fallback" if isinstance(target, Fallback) else "fastest"
     assert isinstance(target, (Fallback, Fastest))
     return f"{word} [{', '.join(target_text(m) for m in target.members)}]"

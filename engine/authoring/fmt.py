@@ -75,6 +75,11 @@ def _line(indent: int, tokens: list[Token]) -> _Line:
 
 def _statement(node: Tree, lines: list[_Line]) -> None:
     children = node.children
+    if not any(isinstance(c, Token) and c == "{" for c in children):   # `retry budget 20%`: one line
+        line = _line(0, _tokens(node))
+        line.statement_end = True
+        lines.append(line)
+        return
     # provider NAME { ... } | key NAME { ... } | rule NAME [for tools] { [when] actions }
     brace = next(i for i, c in enumerate(children) if isinstance(c, Token) and c == "{")
     lines.append(_line(0, [t for c in children[:brace + 1] if c is not None for t in _tokens(c)]))

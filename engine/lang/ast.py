@@ -101,7 +101,18 @@ class FastestT:
     loc: Location
 
 
-TargetNode = Union[TargetRef, FallbackT, SplitT, FastestT]
+@dataclass(frozen=True, slots=True)
+class HedgeT:
+    """`hedge [a, b] after 400ms` (delay) or `after p95` (percentile of the member's latency)."""
+
+    members: tuple["TargetNode", ...]
+    delay: float | None          # seconds; None when written as a percentile
+    percentile: float | None     # 95 for `p95`
+    after_loc: Location
+    loc: Location
+
+
+TargetNode = Union[TargetRef, FallbackT, SplitT, FastestT, HedgeT]
 
 
 # ---- actions --------------------------------------------------------------------------------
@@ -257,12 +268,28 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """`retry budget 20% min 10/s`: at top level (provider None) or inside a provider block."""
+
+    percent: float
+    percent_loc: Location
+    floor: float | None          # the `min` retries per second
+    floor_loc: Location | None
+    unit: str | None             # what follows `/`: must be `s`
+    loc: Location
+
+    name = "retry_budget"        # read like a provider Setting's name when written in a provider
+
+
+@dataclass(frozen=True, slots=True)
 class Program:
     providers: tuple[ProviderDecl, ...]
     keys: tuple[KeyDecl, ...]
     rules: tuple[Rule, ...]
     servers: tuple[ServerDecl, ...] = ()
+    budgets: tuple[RetryBudget, ...] = ()     # top-level `retry budget` statements
 
     def merge(self, other: "Program") -> "Program":
         return Program(self.providers + other.providers, self.keys + other.keys,
-                       self.rules + other.rules, self.servers + other.servers)
+                       self.rules + other.rules, self.servers + other.servers,
+                       self.budgets + other.budgets)

@@ -66,7 +66,8 @@ class AstBuilder(Transformer_NonRecursive):
         keys = tuple(i for i in items if isinstance(i, ast.KeyDecl))
         rules = tuple(i for i in items if isinstance(i, ast.Rule))
         servers = tuple(i for i in items if isinstance(i, ast.ServerDecl))
-        return ast.Program(providers, keys, rules, servers)
+        budgets = tuple(i for i in items if isinstance(i, ast.RetryBudget))
+        return ast.Program(providers, keys, rules, servers, budgets)
 
     def mcp(self, items):
         name, *settings = items
@@ -288,6 +289,21 @@ class AstBuilder(Transformer_NonRecursive):
     @v_args(meta=True)
     def fastest(self, meta, items):
         return ast.FastestT(tuple(items), self._loc(meta))
+
+    @v_args(meta=True)
+    def hedge(self, meta, items):
+        *members, after = items
+        if after.type == "PERCENTILE":
+            return ast.HedgeT(tuple(members), None, float(after[1:]), self._tok(after), self._loc(meta))
+        return ast.HedgeT(tuple(members), parse_duration(after), None, self._tok(after), self._loc(meta))
+
+    @v_args(meta=True)
+    def retry_budget(self, meta, items):
+        percent, floor, unit = items
+        return ast.RetryBudget(parse_number(percent), self._tok(percent),
+                               parse_number(floor) if floor is not None else None,
+                               self._tok(floor) if floor is not None else None,
+                               str(unit) if unit is not None else None, self._loc(meta))
 
     @v_args(meta=True)
     def split(self, meta, items):

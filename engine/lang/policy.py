@@ -158,6 +158,7 @@ class Policy:
         self.rules = tuple(r.name for r in checked.rules)
         self.servers: dict = checked.servers          # name -> McpSpec | ApiSpec
         self.tool_rules = tuple(r.name for r in checked.tool_rules)
+        self.retry_budget = checked.retry_budget      # RetryBudgetSpec | None: `retry budget` at top level
         self.limits: tuple[LimitSpec, ...] = tuple(
             a.value for r in (*checked.rules, *checked.tool_rules) for a in r.actions if a.kind == "limit")
         self._compiled = compiled

@@ -20,6 +20,21 @@ class Price:
     output: float  # USD per 1M output tokens
 
 
+RETRY_BUDGET_WINDOW = 10.0   # seconds of requests a retry budget is a share of
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetSpec:
+    """`retry budget 20% min 10/s`: retries and fallbacks may add at most `percent` of the
+    requests of the last RETRY_BUDGET_WINDOW seconds, plus `floor` per second."""
+
+    percent: float
+    floor: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"percent": self.percent, "min_per_second": self.floor, "window": RETRY_BUDGET_WINDOW}
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSpec:
     name: str
@@ -37,6 +52,7 @@ class ProviderSpec:
     region: str | None = None              # bedrock: the AWS region
     access_key: str | None = field(default=None, repr=False)   # bedrock: AWS access key id
     secret_key: str | None = field(default=None, repr=False)   # bedrock: AWS secret access key
+    retry_budget: RetryBudgetSpec | None = None   # `retry budget` in the provider block
 
     def price(self, model: str) -> Price | None:
         for name, price in self.prices:
@@ -172,7 +188,20 @@ class Fastest:
         return {"fastest": [m.to_dict(by) for m in self.members]}
 
 
-Target = Union[Single, Fallback, Split, Fastest]
+@dataclass(frozen=True, slots=True)
+class Hedge:
+    """Send to the first member; if it has not started answering after the delay, also to the next."""
+
+    members: tuple["Target", ...]
+    delay: float = 0.0                 # seconds, when written as a duration
+    percentile: float | None = None    # `after p95`: the member's recent latency percentile
+
+    def to_dict(self, by: dict | None = None):
+        after = f"p{self.percentile:g}" if self.percentile is not None else f"{self.delay * 1000:g}ms"
+        return {"hedge": [m.to_dict(by) for m in self.members], "after": after}
+
+
+Target = Union[Single, Fallback, Split, Fastest, Hedge]
 
 
 def target_leaves(target: Target):

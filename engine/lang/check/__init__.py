@@ -13,6 +13,7 @@ from .. import ast
 from ..errors import Diagnostic
 from ..source import Location
 from ..spec import ProviderSpec
+from .budgets import check_top_budgets
 from .checked import CheckedAction, CheckedPolicy, CheckedRule
 from .declarations import DEFAULT_URLS, FORMATS, DeclarationChecks
 from .expressions import ExpressionChecks
@@ -65,4 +66,6 @@ class _Checker(ToolChecks, DeclarationChecks, RuleChecks, ExpressionChecks):
                       "is answered 404", None,
                       hint="a hot reload refuses a policy that drops every rule, provider or key "
                            "(POST /admin/reload?force=1 installs it anyway)")
-        return CheckedPolicy(self.providers, keys, rules, self.regexes, self.servers, tool_rules)
+        checked = CheckedPolicy(self.providers, keys, rules, self.regexes, self.servers, tool_rules)
+        checked.retry_budget = check_top_budgets(self, program.budgets)
+        return checked

@@ -46,3 +46,4 @@ class CheckedPolicy:
     regexes: dict[str, object] = field(default_factory=dict)
     servers: dict = field(default_factory=dict)        # name -> McpSpec | ApiSpec
     tool_rules: tuple[CheckedRule, ...] = ()            # `rule NAME for tools`
+    retry_budget: object = None                         # RetryBudgetSpec of a top-level `retry budget`

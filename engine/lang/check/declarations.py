@@ -8,6 +8,7 @@ import re
 
 from .. import ast
 from ..source import Location
+from .budgets import check_retry_budget
 from ..spec import DEFAULT_COOLDOWN, DEFAULT_FAILURES, DEFAULT_TIMEOUT, KeySpec, Price, ProviderSpec
 
 FORMATS = ("openai", "anthropic", "azure", "gemini", "bedrock", "echo")
@@ -95,6 +96,8 @@ class DeclarationChecks:
                     self.error("bad-number", "prices cannot be negative", s.loc)
                 price_at[model] = s.loc
                 opts["prices"].append((model, Price(float(inp), float(out))))
+            elif s.name == "retry_budget":
+                opts["retry_budget"] = check_retry_budget(self, s)
         fmt = opts.get("format", "openai")
         url = opts.get("url") or DEFAULT_URLS.get(fmt)
         bad_format = "format" in set_at and "format" not in opts  # already reported
@@ -112,7 +115,8 @@ class DeclarationChecks:
                             opts.get("timeout", DEFAULT_TIMEOUT), opts.get("cooldown", DEFAULT_COOLDOWN),
                             opts.get("failures", DEFAULT_FAILURES), tuple(opts["prices"]),
                             tuple(opts.get("headers", ())), opts.get("api_version"), opts.get("deployment"),
-                            opts.get("region"), opts.get("access_key"), opts.get("secret_key"))
+                            opts.get("region"), opts.get("access_key"), opts.get("secret_key"),
+                            retry_budget=opts.get("retry_budget"))
 
     def _format_settings(self, decl: ast.ProviderDecl, fmt: str, opts: dict, set_at: dict) -> None:
         for name, owner in FORMAT_SETTINGS.items():

@@ -8,7 +8,7 @@ import math
 from .. import ast
 from ..source import Location
 from ..spec import (
-    DEFAULT_RETRY_CODES, CacheSpec, Fallback, Fastest, LimitSpec, RetrySpec, Single, Split, Target,
+    DEFAULT_RETRY_CODES, CacheSpec, Fallback, Fastest, Hedge, LimitSpec, RetrySpec, Single, Split, Target,
     target_leaves,
 )
 from .checked import CheckedAction, CheckedRule
@@ -181,6 +181,8 @@ class RuleChecks:
             return Fallback(members)
         if isinstance(node, ast.FastestT):
             return Fastest(members)
+        if isinstance(node, ast.HedgeT):
+            return self._hedge(node, members)
         total = sum(node.weights)
         if any(w <= 0 for w in node.weights):
             self.error("split-total", "split percentages must be above 0", node.loc)
@@ -191,6 +193,16 @@ class RuleChecks:
         if node.by:
             sticky.append((self.split_ids, node.by))
         return Split(tuple(float(w) for w in node.weights), members, bool(node.by), self.split_ids)
+
+    def _hedge(self, node: ast.HedgeT, members: tuple) -> Hedge:
+        if len(members) < 2:
+            self.error("hedge-members", "a hedge needs at least two members to race", node.loc)
+        if node.percentile is not None and not 50 <= node.percentile < 100:
+            self.error("hedge-delay", f"a hedge waits for a percentile from p50 to p99.9, not p{node.percentile:g}",
+                       node.after_loc)
+        if node.delay is not None and node.delay < 0:
+            self.error("bad-duration", "a hedge's delay cannot be negative", node.after_loc)
+        return Hedge(members, max(0.0, node.delay or 0.0), node.percentile)
 
     def _warn_missing_prices(self, rules) -> None:
         if not any(a.kind == "limit" and a.value.kind == "cost" for r in rules for a in r.actions):
