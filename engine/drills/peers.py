@@ -375,16 +375,23 @@ async def _aio_load(url, body, headers, connections, seconds, max_requests) -> d
             "requests": len(latencies)}
 
 
-def warm(url: str, body: str, headers: dict, count: int = 20) -> None:
-    """Sequential requests before measuring (imports, pools, LiteLLM's first-call setup); the
-    first answer must be a 200, else the target is misconfigured and its figures would lie."""
-    for i in range(count):
+_SHOWN = ("x-edgerules-", "x-ratelimit-", "x-portkey-last-used", "x-portkey-retry", "x-litellm-model-group",
+          "x-litellm-model-api-base")
+
+
+def warm(url: str, body: str, headers: dict, count: int = 20) -> dict[str, str]:
+    """Sequential requests before measuring (imports, pools, LiteLLM's first-call setup). Every
+    answer must be a 200, else the target is misconfigured and its figures would lie. Returns the
+    last answer's routing and limit headers, which show what the target did with the request."""
+    for _ in range(count):
         req = urllib.request.Request(url, data=body.encode(), headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 resp.read()
+                shown = {k.lower(): v for k, v in resp.headers.items() if k.lower().startswith(_SHOWN)}
         except urllib.error.HTTPError as exc:
             raise RuntimeError(f"{url} answered {exc.code}: {exc.read()[:500]!r}") from None
+    return shown
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -400,12 +407,12 @@ def run(peers=PEERS, seconds: float = 3.0, connections=CONNECTIONS, max_requests
     figures = []
     try:
         headers = request_headers(servers["upstream"])
-        for url, _ in servers["urls"].values():
-            warm(url, BODY, headers)
+        answers = {target: warm(url, BODY, headers) for target, (url, _) in servers["urls"].items()}
         for conns in connections:
             for target, (url, pid) in servers["urls"].items():
                 say(f"  {conns:>3} connections  {target:11} ...")
-                load(url, BODY, headers, conns, min(1.0, seconds), max_requests)   # warm at this concurrency
+                if max_requests is None:   # a bounded run checks the legs; it need not warm them
+                    load(url, BODY, headers, conns, 1.0)   # warm at this concurrency
                 cpu0 = gb._cpu_seconds(pid)
                 r = load(url, BODY, headers, conns, seconds, max_requests)
                 cpu1 = gb._cpu_seconds(pid)
@@ -418,7 +425,7 @@ def run(peers=PEERS, seconds: float = 3.0, connections=CONNECTIONS, max_requests
             _stop(proc)
         shutil.rmtree(servers["policy_dir"], ignore_errors=True)
     return {"loadgen": "wrk" if shutil.which("wrk") else "aiohttp loop", "seconds": seconds,
-            "connections": list(connections), "skipped": servers["skipped"],
+            "connections": list(connections), "skipped": servers["skipped"], "answers": answers,
             "versions": {p: peer_version(p, cache) for p in peers if p not in servers["skipped"]},
             "figures": [asdict(f) for f in figures], "rows": rows([asdict(f) for f in figures])}
 
