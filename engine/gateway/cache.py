@@ -76,12 +76,22 @@ class ResponseCache:
         self.entries = TLRUCache(self.max_bytes, _expires, time.monotonic, _size)
         self.inflight: dict[bytes, asyncio.Future] = {}
         self.remote = RemoteEntries(shared, self.max_entries, self.max_bytes) if shared is not None else None
+        self.semantic = None   # the semantic path, made when a `cache semantic` rule is first met
         self.max_parsed = parsed_answer_limit()   # a stream hit parses its entry whole: bigger is not kept
 
     async def serve(self, call, producer, request_headers) -> Response:
         """The answer from the cache, or from `producer()` (the upstream) stored on the way out."""
         no_cache, no_store = cache_directives(request_headers.get("cache-control"))
         key = cache_key(call)
+        if call.decision.cache.semantic is not None and not no_cache and call.kind == "chat":
+            if self.semantic is None:
+                from .semantic import SemanticCache   # numpy is loaded only by a policy that uses it
+
+                self.semantic = SemanticCache(self, self.max_entries, self.max_bytes)
+            return await self.semantic.serve(call, producer, key, no_store)
+        return await self.serve_exact(call, producer, key, no_cache, no_store)
+
+    async def serve_exact(self, call, producer, key: bytes, no_cache: bool, no_store: bool) -> Response:
         if self.remote is not None:
             return await self._serve_shared(call, producer, key, no_cache, no_store)
         while not no_cache:
@@ -180,8 +190,19 @@ class ResponseCache:
                 self.store(key, entry)
             else:
                 await self.remote.store(key, entry)
+        if self.semantic is not None:
+            self.semantic.settle(key, None if no_store else entry)
         self._resolve(key, done, entry)
         await self._unlock(key, token)
+
+    async def peek(self, key: bytes) -> Entry | None:
+        """The stored answer of a key, without waiting or claiming it (None when Redis is down)."""
+        if self.remote is None:
+            return self.entries.get(key)
+        try:
+            return await self.remote.get(key)
+        except RemoteDown:
+            return None
 
     async def _unlock(self, key: bytes, token: bytes | None) -> None:
         if token is not None:
@@ -285,6 +306,10 @@ class RemoteEntries:
                                         f"for an identical request", code="deadline_exceeded")
             await asyncio.sleep(delay)
             delay = min(delay * 2, POLL_MAX)
+
+    async def get(self, key: bytes) -> Entry | None:
+        entry = await self._guard("reading the cache", self.client.get(_PREFIX + key.hex().encode()))
+        return _decode(entry) if entry is not None else None
 
     async def store(self, key: bytes, entry: Entry) -> None:
         value = entry.route.encode() + b"\0" + entry.body

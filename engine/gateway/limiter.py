@@ -185,7 +185,7 @@ class Limiter:
         holds, call.admission = call.admission, None
         if not holds:
             return
-        spent_nothing = call.status != 200 or call.cache == "HIT"
+        spent_nothing = call.status != 200 or call.cache in ("HIT", "HIT-SEMANTIC")
         for hold in holds:
             actual = 0 if spent_nothing else self.spent(call, hold)
             if actual > hold.amount:

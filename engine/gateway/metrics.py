@@ -104,8 +104,8 @@ class Metrics:
         requested = requested if requested in self.models else OTHER
         op = call.kind
         self.duration.observe((op, provider, requested, "" if status < 400 else str(status)), seconds)
-        if call.cache == "HIT":
-            self.cache["hit"] += 1
+        if call.cache == "HIT" or call.cache == "HIT-SEMANTIC":
+            self.cache["hit" if call.cache == "HIT" else "semantic_hit"] += 1
             return   # answered from the cache: no tokens spent, nothing paid
         if call.cache == "MISS":
             self.cache["miss"] += 1

@@ -75,7 +75,7 @@ def _int(value) -> int | None:
 def cost_of(call, status: int) -> float | None:
     """USD from the answering provider's `price` table; None when the model has no price (its usage
     is then never parsed for this). A cache hit and a failed request cost nothing."""
-    if call.cache == "HIT" or status != 200:
+    if call.cache in ("HIT", "HIT-SEMANTIC") or status != 200:
         return 0.0
     provider_name, _, model = call.route.partition("/")
     provider = call.live.providers.get(provider_name)

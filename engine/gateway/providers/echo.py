@@ -128,10 +128,18 @@ _STOP_WORDS = frozenset(
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+def _stem(word: str) -> str:
+    """A crude suffix strip ("works", "worked", "working" -> "work"): enough for paraphrases."""
+    for suffix in ("ing", "ed", "es", "s", "ly"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            return word[:-len(suffix)]
+    return word
+
+
 def _text_features(text: str) -> dict[str, float]:
     """A normalized text as a bag of words and character trigrams (lower-case, punctuation
-    stripped, stop words dropped), so that paraphrases share most of their features."""
-    words = [w for w in _WORD.findall(text.lower().replace("'", "")) if w not in _STOP_WORDS]
+    stripped, stop words dropped, suffixes stripped), so that paraphrases share most of their features."""
+    words = [_stem(w) for w in _WORD.findall(text.lower().replace("'", "")) if w not in _STOP_WORDS]
     bag: dict[str, float] = {}
     for word in words:
         bag["w:" + word] = bag.get("w:" + word, 0.0) + 1.0
