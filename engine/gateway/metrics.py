@@ -62,6 +62,8 @@ class Metrics:
         self.tool_seconds: Counter = Counter()    # (server,): their time
         self.cache: Counter = Counter()           # (result,): hit | miss
         self.cost: Counter = Counter()            # (key, provider, model) -> USD
+        self.hedged: Counter = Counter()          # (outcome,): started | won | cancelled
+        self.retry_budget: Counter = Counter()    # (budget,): extra attempts a retry budget refused
         self.latency = [0] * (len(_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.duration = Histogram(DURATION_BUCKETS)   # (operation, provider, model, error_type)
@@ -152,6 +154,10 @@ class Metrics:
         _counter(out, "edgerules_cost_usd_total", "Spend in USD from the providers' price tables, by key, "
                  "provider and answering model.", ("key", "gen_ai_provider_name", "gen_ai_response_model"),
                  self.cost, "{:.9f}")
+        _counter(out, "edgerules_hedged_total", "Hedged attempts: started after the delay, won the race, "
+                 "cancelled by a faster one.", ("outcome",), self.hedged)
+        _counter(out, "edgerules_retry_budget_exhausted_total", "Retries, fallbacks and hedges refused by a "
+                 "retry budget, by budget (gateway or provider).", ("budget",), self.retry_budget)
         _counter(out, "edgerules_policy_reloads_total", "Policy loads, by result.", ("result",), self.reloads)
         out += ["# HELP edgerules_policy_last_reload_success_timestamp_seconds When the live policy was loaded.",
                 "# TYPE edgerules_policy_last_reload_success_timestamp_seconds gauge",

@@ -15,7 +15,8 @@ from .errors import GatewayError, error_body
 from .providers import ProviderError, UpstreamResponse
 from .redact import policy_redactor
 from .retry import is_retryable, retry_delay
-from .router import plan, resolve_model
+from .hedge import race
+from .router import HedgePlan, plan, resolve_model
 
 if TYPE_CHECKING:
     from ..lang.decision import Decision
@@ -84,6 +85,7 @@ class Call:
     error_code: str | None = None
     cost: float | None = None      # USD, once known (a JSON answer from a priced model; 0 for a cache hit)
     captured: object = None        # under `log full`: the answer's bytes, or the stream's assembler
+    hedged: list | None = None     # "provider/model" of each hedge attempt cancelled by a faster one
 
     @property
     def usage(self) -> dict | None:
@@ -190,57 +192,108 @@ async def _forward(gw: "Gateway", call: Call) -> Response:
     target = call.target
     health = gw.health if call.live.health is None else call.live.health   # a canary has its own
     if target.__class__ is Single:   # the common case needs no planning
-        attempts = [(target.provider, resolve_model(target, requested))]
+        steps = [(target.provider, resolve_model(target, requested))]
     else:
-        attempts = plan(target, requested, d.route_by, health, now, gw.rng)
-    retry = d.retry
-    last: ProviderError | None = None
-    deadline_hit = False
-    for provider_name, model in attempts:
-        provider = call.live.providers[provider_name]
-        spec = provider.spec
-        tries = 1 + (retry.attempts if retry is not None else 0)
-        for k in range(tries):
-            if k:
-                delay = retry_delay(retry, k, last.retry_after if last else None, gw.rng)
-                if time.monotonic() + delay >= call.deadline_at:
-                    deadline_hit = True
-                    break
-                await asyncio.sleep(delay)
-            remaining = call.deadline_at - time.monotonic()
-            if remaining <= 0:
-                deadline_hit = True
-                break
-            timeout = min(d.timeout or spec.timeout, remaining)
-            call.attempts += 1
-            call.route = f"{provider_name}/{model}"
-            t0 = time.monotonic()
-            try:
-                response = await _attempt(gw, call, provider, model, timeout)
-            except ProviderError as exc:
-                last = exc
-                if gw.tracer is not None:
-                    _note_attempt(call, provider_name, model, t0, exc.kind if exc.kind != "status" else str(exc.status))
-                if exc.kind == "timeout" and timeout < (d.timeout or spec.timeout):
-                    deadline_hit = True
-                gw.metrics.upstream(provider_name, exc.kind if exc.kind != "status" else str(exc.status))
-                if _counts_as_failure(exc):
-                    if health.of(provider_name).record_failure(spec, time.monotonic()):
-                        log.warning("circuit for provider '%s' opened for %gs after %d failures",
-                                    provider_name, spec.cooldown, spec.failures)
-                if _is_client_error(exc):
-                    raise _client_error(exc, call)
-                if deadline_hit or not is_retryable(retry, exc.upstream_status or exc.status, exc.kind):
-                    break
-                continue
-            health.of(provider_name).record_success(model, time.monotonic() - t0)
-            if gw.tracer is not None:
-                _note_attempt(call, provider_name, model, t0, "")
-            gw.metrics.upstream(provider_name, "ok")
+        steps = plan(target, requested, d.route_by, health, now, gw.rng)
+    tries = Tries(health, gw.retry_budgets if gw.retry_budgets.active(call.live.policy) else None)
+    response = await try_steps(gw, call, steps, tries)
+    if response is None:
+        raise _final_error(call, tries.last, tries.deadline_hit, tries.budget_spent)
+    return response
+
+
+class Tries:
+    """What the attempts of one request share: health, the retry budget, the last error."""
+
+    __slots__ = ("health", "budgets", "last", "deadline_hit", "budget_spent", "route")
+
+    def __init__(self, health, budgets):
+        self.health = health
+        self.budgets = budgets             # RetryBudgets when the policy has one, else None
+        self.last: ProviderError | None = None
+        self.deadline_hit = False
+        self.budget_spent = False          # an extra attempt was refused by a retry budget
+        self.route = ""                    # "provider/model" of the attempt under way or last made
+
+    def may_start(self, call: Call, provider: str) -> bool:
+        """Whether an attempt may start: a first always may; an extra one when the budget has room."""
+        budgets = self.budgets
+        if budgets is None:
+            return True
+        policy = call.live.policy
+        if not call.attempts:
+            budgets.first(policy, provider)
+            return True
+        if budgets.allow_extra(policy, provider):
+            return True
+        self.budget_spent = True
+        return False
+
+
+async def try_steps(gw: "Gateway", call: Call, steps: list, tries: Tries, attempt=None) -> Response | None:
+    """Try each step in order (a (provider, model) with its retries, or a hedge) until one answers;
+    None when none did (tries.last says why)."""
+    for step in steps:
+        if step.__class__ is HedgePlan:
+            response = await race(gw, call, step, tries, try_steps)
+        else:
+            response = await _try_target(gw, call, step[0], step[1], tries, attempt or _attempt)
+        if response is not None:
             return response
-        if deadline_hit:
-            break
-    raise _final_error(call, last, deadline_hit)
+        if tries.deadline_hit or tries.budget_spent:
+            return None
+    return None
+
+
+async def _try_target(gw: "Gateway", call: Call, provider_name: str, model: str, tries: Tries,
+                      attempt) -> Response | None:
+    d = call.decision
+    retry = d.retry
+    health = tries.health
+    provider = call.live.providers[provider_name]
+    spec = provider.spec
+    for k in range(1 + (retry.attempts if retry is not None else 0)):
+        if k:
+            last = tries.last
+            delay = retry_delay(retry, k, last.retry_after if last else None, gw.rng)
+            if time.monotonic() + delay >= call.deadline_at:
+                tries.deadline_hit = True
+                return None
+            await asyncio.sleep(delay)
+        remaining = call.deadline_at - time.monotonic()
+        if remaining <= 0:
+            tries.deadline_hit = True
+            return None
+        if not tries.may_start(call, provider_name):
+            return None
+        timeout = min(d.timeout or spec.timeout, remaining)
+        call.attempts += 1
+        call.route = tries.route = f"{provider_name}/{model}"
+        t0 = time.monotonic()
+        try:
+            response = await attempt(gw, call, provider, model, timeout)
+        except ProviderError as exc:
+            tries.last = exc
+            if gw.tracer is not None:
+                _note_attempt(call, provider_name, model, t0, exc.kind if exc.kind != "status" else str(exc.status))
+            if exc.kind == "timeout" and timeout < (d.timeout or spec.timeout):
+                tries.deadline_hit = True
+            gw.metrics.upstream(provider_name, exc.kind if exc.kind != "status" else str(exc.status))
+            if _counts_as_failure(exc):
+                if health.of(provider_name).record_failure(spec, time.monotonic()):
+                    log.warning("circuit for provider '%s' opened for %gs after %d failures",
+                                provider_name, spec.cooldown, spec.failures)
+            if _is_client_error(exc):
+                raise _client_error(exc, call)
+            if tries.deadline_hit or not is_retryable(retry, exc.upstream_status or exc.status, exc.kind):
+                return None
+            continue
+        health.of(provider_name).record_success(model, time.monotonic() - t0)
+        if gw.tracer is not None:
+            _note_attempt(call, provider_name, model, t0, "")
+        gw.metrics.upstream(provider_name, "ok")
+        return response
+    return None
 
 
 def _note_attempt(call: Call, provider: str, model: str, started: float, error: str) -> None:
@@ -250,6 +303,11 @@ def _note_attempt(call: Call, provider: str, model: str, started: float, error: 
 
 
 async def _attempt(gw: "Gateway", call: Call, provider, model: str, timeout: float) -> Response:
+    return respond(gw, call, provider, await fetch(call, provider, model, timeout))
+
+
+async def fetch(call: Call, provider, model: str, timeout: float):
+    """One upstream call up to its first byte: a JSON answer, or (first event, events, stream)."""
     if call.ingress is not None:
         # /v1/responses, /v1/messages, /v1/completions: as sent to a provider of the same
         # format, else through its chat; either way a JSON answer or events in the client's shape.
@@ -262,10 +320,7 @@ async def _attempt(gw: "Gateway", call: Call, provider, model: str, timeout: flo
     else:
         stream = answer = await provider.chat_stream(call.body, model, timeout)
     if isinstance(answer, UpstreamResponse):
-        call.answer = answer
-        redactor = policy_redactor(call.live.policy)
-        body = redactor.bytes(answer.body) if redactor else answer.body
-        return (SlicedResponse if len(body) > SEND_SLICE else Response)(body, media_type="application/json")
+        return answer
     events = stream.__aiter__()
     try:
         first = await events.__anext__()
@@ -276,6 +331,17 @@ async def _attempt(gw: "Gateway", call: Call, provider, model: str, timeout: flo
     except BaseException:
         await stream.aclose()
         raise
+    return first, events, stream
+
+
+def respond(gw: "Gateway", call: Call, provider, got) -> Response:
+    """The client's response from what fetch() got."""
+    if got.__class__ is not tuple:
+        call.answer = got
+        redactor = policy_redactor(call.live.policy)
+        body = redactor.bytes(got.body) if redactor else got.body
+        return (SlicedResponse if len(body) > SEND_SLICE else Response)(body, media_type="application/json")
+    first, events, stream = got
     call.ttft = time.monotonic() - call.started
     return StreamingResponse(_relay(gw, call, first, events, stream), media_type="text/event-stream",
                              headers=SSE_HEADERS)
@@ -372,8 +438,10 @@ def _client_error(exc: ProviderError, call: Call) -> GatewayError:
                         headers={"x-should-retry": "false"} if call.attempts > 1 else None)
 
 
-def _final_error(call: Call, last: ProviderError | None, deadline_hit: bool) -> GatewayError:
-    headers = {"x-should-retry": "false"} if call.attempts > 1 else {}
+def _final_error(call: Call, last: ProviderError | None, deadline_hit: bool,
+                 budget_spent: bool = False) -> GatewayError:
+    # Past a retry budget the client must not retry either: the gateway is shedding retries.
+    headers = {"x-should-retry": "false"} if call.attempts > 1 or budget_spent else {}
     message = _public(call, last.message) if last is not None else ""
     if deadline_hit and (last is None or last.kind == "timeout"):
         return GatewayError(504, f"the request's deadline of {call.decision.deadline:g}s passed after "

@@ -10,9 +10,10 @@ import hashlib
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
-from ..lang.spec import Fallback, Fastest, ProviderSpec, Single, Split, Target
+from ..lang.spec import Fallback, Fastest, Hedge, ProviderSpec, Single, Split, Target
 
 log = logging.getLogger("edgerules.gateway")
 
@@ -21,6 +22,8 @@ SYNC_EVERY = 0.5           # seconds between reads of the shared breakers (with 
 FAILURES_TTL_MS = 600_000  # a shared failure count no instance touched for 10 minutes is dropped
 _BREAKER = "edgerules:{breaker}:"   # one hash tag: a Redis Cluster keeps every breaker key in one slot
 MAX_LATENCY_MODELS = 256   # per provider
+LATENCY_SAMPLES = 200      # recent answers per model a hedge's `after pNN` is read from
+MIN_SAMPLES = 20           # fewer than this: the percentile is not known yet
 
 
 @dataclass(slots=True)
@@ -28,6 +31,8 @@ class ProviderHealth:
     failures: int = 0              # consecutive failures
     open_until: float = 0.0        # circuit open (in cooldown) until this monotonic time
     latency: dict[str, float] = field(default_factory=dict)   # model -> EWMA seconds
+    # model -> recent seconds; kept only once a hedge asked for a percentile of this provider
+    samples: dict[str, deque] | None = None
 
     def available(self, now: float) -> bool:
         return now >= self.open_until
@@ -44,6 +49,24 @@ class ProviderHealth:
             latency[model] = seconds
         else:
             latency[model] = old + EWMA_ALPHA * (seconds - old)
+        if self.samples is not None:
+            recent = self.samples.get(model)
+            if recent is None:
+                if len(self.samples) >= MAX_LATENCY_MODELS:
+                    del self.samples[next(iter(self.samples))]
+                recent = self.samples[model] = deque(maxlen=LATENCY_SAMPLES)
+            recent.append(seconds)
+
+    def percentile(self, model: str, p: float) -> float | None:
+        """The p-th percentile of this model's recent latencies; None until MIN_SAMPLES answers
+        were seen (the first call starts keeping them)."""
+        if self.samples is None:
+            self.samples = {}
+        recent = self.samples.get(model)
+        if recent is None or len(recent) < MIN_SAMPLES:
+            return None
+        ordered = sorted(recent)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
     def record_failure(self, spec: ProviderSpec, now: float) -> bool:
         """Count one failure; True when this one opened the circuit."""
@@ -237,6 +260,32 @@ def _plan(target, requested, route_by, health, now, rng, out) -> None:
         healthy.sort(key=lambda m: _member_latency(m, requested, health))
         for member in healthy + rest:
             _plan(member, requested, route_by, health, now, rng, out)
+    elif isinstance(target, Hedge):
+        lanes = []
+        for member in _healthy_first(target.members, health, now):
+            lane: list = []
+            _plan(member, requested, route_by, health, now, rng, lane)
+            lanes.append(lane)
+        out.append(HedgePlan(target, lanes))
+
+
+class HedgePlan:
+    """A planned hedge: its lanes (each a list of steps, as plan() returns) raced by hedge.race."""
+
+    __slots__ = ("hedge", "lanes")
+
+    def __init__(self, hedge: Hedge, lanes: list[list]):
+        self.hedge, self.lanes = hedge, lanes
+
+    def __repr__(self) -> str:
+        return f"HedgePlan({self.lanes!r})"
+
+    def first_leaf(self, lane: int) -> tuple[str, str] | None:
+        """The (provider, model) a lane tries first: the one whose latency its delay is read from."""
+        step = self.lanes[lane][0] if self.lanes[lane] else None
+        while isinstance(step, HedgePlan):
+            step = step.lanes[0][0] if step.lanes and step.lanes[0] else None
+        return step
 
 
 def _healthy_first(members, health: Health, now: float):

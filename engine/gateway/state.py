@@ -15,6 +15,7 @@ from ..observe.requestlog import build_row
 from .auth import KeyRing
 from .metrics import Metrics
 from .providers import Provider, build_provider
+from .retrybudget import RetryBudgets
 from .router import Health
 
 log = logging.getLogger("edgerules.gateway")
@@ -42,6 +43,7 @@ class Gateway:
         self.state_uri = state_uri
         self.health = Health()
         self.metrics = Metrics()
+        self.retry_budgets = RetryBudgets(self.metrics)   # `retry budget`: per worker
         self.rng = random.Random()
         self.limiter = None   # edgerules.gateway.limiter.Limiter, set by the app
         self.cache = None     # edgerules.gateway.cache.ResponseCache, set by the app
@@ -218,6 +220,8 @@ class Gateway:
             entry["usage"] = call.usage
         if call.error:
             entry["error"] = call.error
+        if call.hedged:   # hedge attempts cancelled by a faster one: started, so maybe paid (their prompt)
+            entry["hedged"] = call.hedged
         if level == "full":
             entry["request"] = call.body
         try:

@@ -46,6 +46,7 @@ class FakeUpstream:
         self.rng = random.Random(self.seed)
         self.requests = self.chat = self.embeddings = self.models = 0
         self.by_status: Counter = Counter()
+        self.cancelled = 0   # requests whose client went away during the injected latency
         self.last_headers: list = []
         self.last_body = b""
         self.last_path = ""
@@ -57,6 +58,7 @@ class FakeUpstream:
             body = None
         return {"requests": self.requests, "chat": self.chat, "embeddings": self.embeddings,
                 "models": self.models, "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+                "cancelled": self.cancelled,
                 "last_headers": {k.decode("latin-1").lower(): v.decode("latin-1")
                                  for k, v in self.last_headers},
                 "last_body": body, "last_path": self.last_path, "faults": asdict(self.faults)}
@@ -152,7 +154,9 @@ class FakeUpstream:
         elif path in self.routes or counter == "chat":
             self.chat += 1
         if self.faults.latency:
-            await asyncio.sleep(self.faults.latency)
+            if await _disconnected(receive, self.faults.latency):
+                self.cancelled += 1   # the client closed the connection while waiting (a hedge's loser)
+                return
         status = self._injected_status()
         if status is not None:
             await self._error(send, status, answers.injected_message(status, headers))

@@ -1,0 +1,107 @@
+"""route hedge [...] after D through a real `edgerules serve` and two real upstreams: the slow
+primary loses to the fast second after the delay and its connection is closed; a fast primary
+wins alone; a stream is decided at its first event; the metrics and the access log show it."""
+from __future__ import annotations
+
+import pytest
+from openai import OpenAI
+
+from gw import start_gateway
+from procs import start_upstream, wait_until
+
+DELAY_MS = 300
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    a, b = start_upstream(), start_upstream()
+    text = (f'provider a {{ url "{a.url}" }}\nprovider b {{ url "{b.url}" }}\n'
+            f'rule hedged {{ when model == "h" route hedge [a/m, b/m] after {DELAY_MS}ms }}\n'
+            'rule p95 { when model == "p" route hedge [a/m, b/m] after p95 }\n'
+            'rule nested { route fallback [hedge [a/m, b/m] after 5s, b/m] }\n')
+    gw = start_gateway(text, tmp_path_factory.mktemp("hedge"), "--no-watch")
+    yield gw, a, b
+    gw.stop()
+    a.stop()
+    b.stop()
+
+
+@pytest.fixture
+def ups(setup):
+    gw, a, b = setup
+    a.reset()
+    b.reset()
+    return gw, a, b
+
+
+def metric(gw, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in gw.http.get("/metrics").text.splitlines()
+               if line.startswith(name))
+
+
+def test_a_slow_primary_loses_to_the_second_and_its_connection_is_closed(ups):
+    gw, a, b = ups
+    a.control(latency="20s")
+    won, cancelled = metric(gw, 'edgerules_hedged_total{outcome="won"}'), metric(gw, 'edgerules_hedged_total{outcome="cancelled"}')
+    resp = gw.chat(model="h", content="race")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-edgerules-route"] == "b/m"
+    assert resp.headers["x-edgerules-attempts"] == "2"
+    assert a.stats()["chat"] == 1 and b.stats()["chat"] == 1
+    # The loser's connection is closed: the slow upstream sees its client leave mid-wait.
+    wait_until(lambda: a.stats()["cancelled"] == 1, 10, what="the primary's call to be cancelled")
+    assert metric(gw, 'edgerules_hedged_total{outcome="won"}') == won + 1
+    assert metric(gw, 'edgerules_hedged_total{outcome="cancelled"}') == cancelled + 1
+    gw.wait_for_output('"hedged":["a/m"]')
+
+
+def test_a_fast_primary_wins_without_starting_the_second(ups):
+    gw, a, b = ups
+    started = metric(gw, 'edgerules_hedged_total{outcome="started"}')
+    for _ in range(3):
+        resp = gw.chat(model="h", content="fast")
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-edgerules-route"] == "a/m"
+        assert resp.headers["x-edgerules-attempts"] == "1"
+    assert a.stats()["chat"] == 3 and b.stats()["chat"] == 0
+    assert metric(gw, 'edgerules_hedged_total{outcome="started"}') == started
+
+
+def test_a_stream_is_decided_at_its_first_event(ups):
+    gw, a, b = ups
+    client = OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
+    # The primary's first event comes at once, the rest slowly (longer than the delay in all):
+    # it has already won, so the second is never asked.
+    a.control(chunk_delay="80ms")
+    raw = client.chat.completions.with_raw_response.create(
+        model="h", messages=[{"role": "user", "content": "one two three four five six"}], stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert raw.headers["x-edgerules-route"] == "a/m" and text
+    assert b.stats()["chat"] == 0
+    # A primary whose first event is late loses to the second's first event.
+    a.control(chunk_delay="0ms", latency="20s")
+    raw = client.chat.completions.with_raw_response.create(
+        model="h", messages=[{"role": "user", "content": "hello"}], stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert raw.headers["x-edgerules-route"] == "b/m" and text
+    wait_until(lambda: a.stats()["cancelled"] == 1, 10, what="the primary's stream to be cancelled")
+
+
+def test_a_failed_primary_starts_the_second_at_once_and_a_hedge_nests(ups):
+    gw, a, b = ups
+    a.control(status=503)
+    resp = gw.chat(model="nested", content="x")   # hedge after 5s inside a fallback: no 5 s wait
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-edgerules-route"] == "b/m"
+    assert a.stats()["chat"] == 1 and b.stats()["chat"] == 1
+
+
+def test_after_p95_waits_for_the_members_recent_latency(ups):
+    gw, a, b = ups
+    for _ in range(25):   # enough answers for a percentile: every one fast
+        assert gw.chat(model="p").headers["x-edgerules-route"] == "a/m"
+    assert b.stats()["chat"] == 0
+    a.control(latency="20s")   # far beyond a's p95 of a few milliseconds
+    resp = gw.chat(model="p")
+    assert resp.headers["x-edgerules-route"] == "b/m"
+    wait_until(lambda: a.stats()["cancelled"] == 1, 10, what="the primary's call to be cancelled")
