@@ -261,7 +261,7 @@ def test_console_script_takes_every_documented_flag():
         faults = httpx.get(f"http://127.0.0.1:{port}/_stats", trust_env=False).json()["faults"]
         assert faults == {"latency": 0.02, "fail_rate": 0.5, "fail_status": 502, "status": None,
                           "retry_after": 1.0, "drop_after": 5, "error_after": 6, "chunk_delay": 0.001,
-                          "fail_next": 0}
+                          "fail_next": 0, "refuse_key": None, "refuse_key_status": 429}
         statuses = {httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT,
                                trust_env=False).status_code for _ in range(20)}
         assert statuses == {200, 502}

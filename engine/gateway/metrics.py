@@ -64,6 +64,8 @@ class Metrics:
         self.cost: Counter = Counter()            # (key, provider, model) -> USD
         self.hedged: Counter = Counter()          # (outcome,): started | won | cancelled
         self.retry_budget: Counter = Counter()    # (budget,): extra attempts a retry budget refused
+        self.pool_calls: Counter = Counter()      # (provider, pool key name, outcome): key pools
+        self.pool_tokens: Counter = Counter()     # (provider, pool key name)
         self.latency = [0] * (len(_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.duration = Histogram(DURATION_BUCKETS)   # (operation, provider, model, error_type)
@@ -154,6 +156,11 @@ class Metrics:
         _counter(out, "edgerules_cost_usd_total", "Spend in USD from the providers' price tables, by key, "
                  "provider and answering model.", ("key", "gen_ai_provider_name", "gen_ai_response_model"),
                  self.cost, "{:.9f}")
+        _counter(out, "edgerules_pool_key_calls_total", "Upstream calls by the key of a provider's key pool "
+                 "(its name or place, never its value) and outcome (ok, 429, 401, ...).",
+                 ("provider", "pool_key", "outcome"), self.pool_calls)
+        _counter(out, "edgerules_pool_key_tokens_total", "Tokens spent by the key of a provider's key pool.",
+                 ("provider", "pool_key"), self.pool_tokens)
         _counter(out, "edgerules_hedged_total", "Hedged attempts: started after the delay, won the race, "
                  "cancelled by a faster one.", ("outcome",), self.hedged)
         _counter(out, "edgerules_retry_budget_exhausted_total", "Retries, fallbacks and hedges refused by a "

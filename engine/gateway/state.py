@@ -15,6 +15,7 @@ from ..observe.requestlog import build_row
 from .auth import KeyRing
 from .metrics import Metrics
 from .providers import Provider, build_provider
+from .keypool import bind_pools
 from .retrybudget import RetryBudgets
 from .router import Health
 
@@ -73,6 +74,7 @@ class Gateway:
                 changed["added" if prev is None else "replaced"].append(name)
         changed["removed"] = [n for n in old_providers if n not in policy.providers]
         live = Live(policy, providers, KeyRing(policy.keys))
+        bind_pools(providers.values(), self)
         self.live = live
         self.metrics.tool_servers = frozenset(policy.servers)
         if self.tools is not None:
@@ -112,6 +114,7 @@ class Gateway:
                     KeyRing(policy.keys), canary=True, health=Health())
         if self.canary is not None:
             self._end_canary("replaced", f"replaced by {policy.version}")
+        bind_pools(live.providers.values(), self)
         self.canary = Canary(live, percent, max_error_rate, min_requests)
         self._know()
         return self.canary

@@ -235,6 +235,39 @@ class Setting:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolLimit:
+    """`limit requests 500 per 1m` on one key of a pool."""
+
+    kind: str                # requests | tokens (the checker refuses the others)
+    amount: int | float
+    amount_loc: Location
+    window: float            # seconds
+    window_loc: Location
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    """One key of `api_key [...]`: its value, an optional `as NAME`, its own limits."""
+
+    value: Value
+    name: str | None
+    name_loc: Location | None
+    limits: tuple[PoolLimit, ...]
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPool:
+    """`api_key [k1, k2, ...] [pick STRATEGY]`: the only arg of an api_key Setting written as a list."""
+
+    members: tuple[PoolKey, ...]
+    pick: str | None
+    pick_loc: Location | None
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderDecl:
     name: str
     settings: tuple[Setting, ...]

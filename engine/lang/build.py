@@ -119,6 +119,25 @@ class AstBuilder(Transformer_NonRecursive):
         return (unquote(name), self._tok(name), value)
 
     @v_args(meta=True)
+    def api_key_pool(self, meta, items):
+        *members, pick = items
+        pool = ast.KeyPool(tuple(members), str(pick) if pick is not None else None,
+                           self._tok(pick) if pick is not None else None, self._loc(meta))
+        return ast.Setting("api_key", (pool,), self._loc(meta))
+
+    @v_args(meta=True)
+    def pool_key(self, meta, items):
+        value, name, *limits = items
+        return ast.PoolKey(value, str(name) if name is not None else None,
+                           self._tok(name) if name is not None else None, tuple(limits), self._loc(meta))
+
+    @v_args(meta=True)
+    def pool_limit(self, meta, items):
+        kind, amount, window = items
+        return ast.PoolLimit(kind, parse_number(amount), self._tok(amount), parse_duration(window),
+                             self._tok(window), self._loc(meta))
+
+    @v_args(meta=True)
     def format_setting(self, meta, items):
         return ast.Setting("format", (str(items[0]),), self._tok(items[0]))
 

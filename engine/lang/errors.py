@@ -17,6 +17,29 @@ def mask_secrets(line: str) -> str:
     return _LITERAL_SECRET.sub(lambda m: m.group(1) + "*" * len(m.group(2)) + '"', line)
 
 
+# The keys of a pool (`api_key [ "sk-...", ... ]`) may sit on lines of their own: every string
+# between `api_key [` and its `]` is masked, found in the whole text rather than one line.
+_POOL = re.compile(r'\bapi_key\s*\[((?:"(?:[^"\\\n]|\\.)*"|#[^\n]*|[^\]"#])*)\]?')
+_STRING = re.compile(r'(env\(\s*)?"((?:[^"\\\n]|\\.)*)"')   # an env("NAME") is no secret
+
+
+def mask_pool_secrets(source: Source, line: int, text: str) -> str:
+    if "api_key" not in source.text:
+        return text
+    starts = [0] + [i + 1 for i, c in enumerate(source.text) if c == "\n"]
+    if not 0 < line <= len(starts):
+        return text
+    begin = starts[line - 1]
+    chars = list(text)
+    for pool in _POOL.finditer(source.text):
+        for string in _STRING.finditer(source.text, pool.start(1), pool.end(1)):
+            if string.group(1):
+                continue
+            for at in range(max(string.start(2), begin), min(string.end(2), begin + len(chars))):
+                chars[at - begin] = "*"
+    return "".join(chars)
+
+
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
     code: str
@@ -48,7 +71,7 @@ class Diagnostic:
             return head
         out = [f"{loc}: {head}"]
         source = (sources or {}).get(loc.file)
-        text = mask_secrets(source.line_text(loc.line)) if source else ""
+        text = mask_pool_secrets(source, loc.line, mask_secrets(source.line_text(loc.line))) if source else ""
         if text:
             width = max(1, (loc.end_column or loc.column + 1) - loc.column)
             gutter = " " * len(str(loc.line))

@@ -36,6 +36,16 @@ class RetryBudgetSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolKey:
+    """One key of a provider's key pool: its label in metrics, its value, its own limits."""
+
+    name: str                                  # the `as NAME`, else its place in the list from 1
+    secret: str = field(repr=False)
+    requests: tuple[int, float] | None = None  # (amount, window seconds)
+    tokens: tuple[int, float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderSpec:
     name: str
     format: str = "openai"                 # openai | anthropic | azure | gemini | bedrock | echo
@@ -52,6 +62,8 @@ class ProviderSpec:
     region: str | None = None              # bedrock: the AWS region
     access_key: str | None = field(default=None, repr=False)   # bedrock: AWS access key id
     secret_key: str | None = field(default=None, repr=False)   # bedrock: AWS secret access key
+    key_pool: tuple[PoolKey, ...] = field(default=(), repr=False)   # `api_key [...]`; api_key is its first
+    key_pick: str = "most_room"            # most_room | round_robin
     retry_budget: RetryBudgetSpec | None = None   # `retry budget` in the provider block
 
     def price(self, model: str) -> Price | None:
@@ -63,12 +75,12 @@ class ProviderSpec:
     def client_identity(self) -> tuple:
         """What a pooled upstream client depends on; a change means a new client."""
         return (self.format, self.url, self.api_key, self.headers, self.api_version, self.deployment,
-                self.region, self.access_key, self.secret_key)
+                self.region, self.access_key, self.secret_key, self.key_pool, self.key_pick)
 
     def secrets(self) -> tuple[str, ...]:
         """Every value of this provider that must never reach a client, a log or a metric."""
-        return tuple(v for v in (self.api_key, self.access_key, self.secret_key, *(v for _, v in self.headers))
-                     if v)
+        return tuple(v for v in (self.api_key, self.access_key, self.secret_key, *(v for _, v in self.headers),
+                                 *(k.secret for k in self.key_pool)) if v)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ class FakeUpstream:
         self.requests = self.chat = self.embeddings = self.models = 0
         self.by_status: Counter = Counter()
         self.cancelled = 0   # requests whose client went away during the injected latency
+        self.by_key: Counter = Counter()   # requests by the key they presented (a test's fake keys)
         self.last_headers: list = []
         self.last_body = b""
         self.last_path = ""
@@ -59,6 +60,7 @@ class FakeUpstream:
         return {"requests": self.requests, "chat": self.chat, "embeddings": self.embeddings,
                 "models": self.models, "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
                 "cancelled": self.cancelled,
+                "by_key": dict(self.by_key),
                 "last_headers": {k.decode("latin-1").lower(): v.decode("latin-1")
                                  for k, v in self.last_headers},
                 "last_body": body, "last_path": self.last_path, "faults": asdict(self.faults)}
@@ -153,10 +155,18 @@ class FakeUpstream:
             self.embeddings += 1
         elif path in self.routes or counter == "chat":
             self.chat += 1
+        key = _presented_key(headers)
+        if key:
+            self.by_key[key] += 1
         if self.faults.latency:
             if await _disconnected(receive, self.faults.latency):
                 self.cancelled += 1   # the client closed the connection while waiting (a hedge's loser)
                 return
+        if key and key == self.faults.refuse_key:
+            # Worded as real servers do, the key in it: the gateway must redact it.
+            await self._error(send, self.faults.refuse_key_status, f"Incorrect API key provided: {key}"
+                              if self.faults.refuse_key_status in (401, 403) else f"Rate limit reached for key {key}")
+            return
         status = self._injected_status()
         if status is not None:
             await self._error(send, status, answers.injected_message(status, headers))
@@ -271,6 +281,14 @@ class FakeUpstream:
         await send({"type": "http.response.start", "status": status,
                     "headers": (headers or _JSON) + [(b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+def _presented_key(headers: list) -> str:
+    for name, value in headers:
+        if name in (b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key"):
+            text = value.decode("latin-1")
+            return text[7:] if text.lower().startswith("bearer ") else text
+    return ""
 
 
 async def _disconnected(receive, delay: float) -> bool:

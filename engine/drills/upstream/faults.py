@@ -50,11 +50,14 @@ class Faults:
     error_after: int | None = None    # stream events sent before an error event ends the stream
     chunk_delay: float = 0.0
     fail_next: int = 0
+    refuse_key: str | None = None     # requests presenting this key (bearer, x-api-key, ...) are refused
+    refuse_key_status: int = 429
 
 
 KNOBS = {"latency": parse_duration, "fail_rate": parse_rate, "fail_status": parse_status,
          "status": parse_status, "retry_after": parse_duration, "drop_after": parse_count,
-         "error_after": parse_count, "chunk_delay": parse_duration, "fail_next": parse_count}
+         "error_after": parse_count, "chunk_delay": parse_duration, "fail_next": parse_count,
+         "refuse_key": str, "refuse_key_status": parse_status}
 _NULLABLE = {f.name for f in fields(Faults) if f.default is None}
 
 

@@ -227,6 +227,10 @@ class HttpProvider(Provider):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.max_body, self.max_event = upstream_limits()
         self._urls: dict[str, URL] = {}
+        self.pool = None
+        if spec.key_pool:   # `api_key [...]`: each call picks a key (keypool.py)
+            from ..keypool import KeyPool
+            self.pool = KeyPool(spec, self.headers)
 
     def session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -251,6 +255,34 @@ class HttpProvider(Provider):
 
     async def post(self, path: str, payload: dict, timeout: float, *, stream: bool = False):
         """POST and wait for a 2xx answer: its bytes, or for a stream the open response."""
+        if self.pool is not None:
+            return await self._post_pooled(path, payload, timeout, stream)
+        return await self._post(path, payload, timeout, stream, None)
+
+    async def _post_pooled(self, path: str, payload: dict, timeout: float, stream: bool):
+        """One attempt as the caller sees it: a key refused by the upstream (429, 401, 403) is
+        cooled down and the next key tried, within the same timeout, until one answers or none is left."""
+        pool, tried, last = self.pool, set(), None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (i := await pool.take(tried)) is not None:
+            tried.add(i)
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                result = await self._post(path, payload, left, stream, pool.headers[i])
+            except ProviderError as exc:
+                if exc.kind == "status" and (exc.upstream_status or exc.status) in (401, 403, 429):
+                    pool.cool(i, exc)
+                    last = exc
+                    continue
+                pool._count(i, exc.kind if exc.kind != "status" else str(exc.status))
+                raise
+            await pool.spent(i, payload, result)
+            return result
+        raise pool.exhausted(self, last)
+
+    async def _post(self, path: str, payload: dict, timeout: float, stream: bool, headers: dict | None):
         url = self.base_url + path
         try:
             data = orjson.dumps(payload)
@@ -258,7 +290,7 @@ class HttpProvider(Provider):
             raise self.error(400, f"cannot send the request to upstream '{self.spec.name}': {exc}",
                              kind="unsupported") from None
         try:
-            resp = await self.session().post(self._url(path, url), data=data, headers=self.headers_for(url, data),
+            resp = await self.session().post(self._url(path, url), data=data, headers=headers or self.headers_for(url, data),
                                              allow_redirects=False,
                                              timeout=_attempt_timeout(timeout, stream))
             if resp.status >= 300:

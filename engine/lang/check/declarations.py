@@ -5,13 +5,16 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import re
+from dataclasses import replace
 
 from .. import ast
 from ..source import Location
 from .budgets import check_retry_budget
 from ..spec import DEFAULT_COOLDOWN, DEFAULT_FAILURES, DEFAULT_TIMEOUT, KeySpec, Price, ProviderSpec
+from ..spec import PoolKey
 
 FORMATS = ("openai", "anthropic", "azure", "gemini", "bedrock", "echo")
+PICKS = ("most_room", "round_robin")   # how a provider's key pool picks a key
 DEFAULT_URLS = {"anthropic": "https://api.anthropic.com/v1",
                 "gemini": "https://generativelanguage.googleapis.com/v1beta"}
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
@@ -61,7 +64,7 @@ class DeclarationChecks:
         for decl in decls:
             if self._duplicate("provider", decl.name, decl.loc, seen):
                 continue
-            out[decl.name] = self._provider(decl)
+            out[decl.name] = self._pooled(self._provider(decl))
         return out
 
     def _provider(self, decl: ast.ProviderDecl) -> ProviderSpec:
@@ -73,6 +76,8 @@ class DeclarationChecks:
                 continue
             if s.name == "url":
                 opts["url"] = self._value(s.args[0], False, "url")
+            elif s.name == "api_key" and isinstance(s.args[0], ast.KeyPool):
+                opts["api_key"] = self._key_pool(decl, s.args[0])
             elif s.name == "api_key":
                 opts["api_key"] = self._value(s.args[0], True, f"the api_key of provider '{decl.name}'")
             elif s.name == "format":
@@ -117,6 +122,50 @@ class DeclarationChecks:
                             tuple(opts.get("headers", ())), opts.get("api_version"), opts.get("deployment"),
                             opts.get("region"), opts.get("access_key"), opts.get("secret_key"),
                             retry_budget=opts.get("retry_budget"))
+
+    def _key_pool(self, decl: ast.ProviderDecl, pool: ast.KeyPool) -> str | None:
+        """`api_key [...]`: the pool's keys kept for _pooled(); the first key is the provider's api_key."""
+        keys, names, secrets = [], {}, {}
+        for index, member in enumerate(pool.members, 1):
+            name = member.name or str(index)
+            if member.name is not None and name in names:
+                self.error("duplicate-setting", f"key '{name}' of the pool is already named at {names[name]}",
+                           member.name_loc)
+            names.setdefault(name, member.name_loc or member.loc)
+            secret = self._value(member.value, True, f"key {name} of the api_key pool of provider '{decl.name}'")
+            if secret and secret in secrets:
+                self.warn("duplicate-pool-key", f"key {name} of the pool has the same value as key "
+                          f"{secrets[secret]}", member.value.loc, hint="each key of a pool should be its own")
+            secrets.setdefault(secret, name)
+            keys.append(PoolKey(name, secret or "", **self._pool_limits(member)))
+        if pool.pick is not None and pool.pick not in PICKS:
+            close = difflib.get_close_matches(pool.pick, PICKS, n=1)
+            self.error("bad-pick", f"unknown pool strategy '{pool.pick}'", pool.pick_loc,
+                       hint=f"did you mean '{close[0]}'?" if close else f"use {' or '.join(PICKS)}")
+        if not hasattr(self, "_pools"):
+            self._pools = {}
+        self._pools[decl.name] = (tuple(keys), pool.pick if pool.pick in PICKS else PICKS[0])
+        return keys[0].secret or None
+
+    def _pool_limits(self, member: ast.PoolKey) -> dict:
+        out: dict = {}
+        for limit in member.limits:
+            if limit.kind not in ("requests", "tokens"):
+                self.error("bad-pool-limit", f"a key of a pool limits requests or tokens, not {limit.kind}",
+                           limit.loc, hint="put cost budgets on rules: limit cost 10 per 1d")
+            elif limit.kind in out:
+                self.error("duplicate-setting", f"this key already has a {limit.kind} limit", limit.loc)
+            elif not isinstance(limit.amount, int) or limit.amount < 1:
+                self.error("bad-number", "a limit must be a whole number of at least 1", limit.amount_loc)
+            elif limit.window < 1:
+                self.error("bad-duration", "a limit's window must be at least 1s", limit.window_loc)
+            else:
+                out[limit.kind] = (limit.amount, limit.window)
+        return out
+
+    def _pooled(self, spec: ProviderSpec) -> ProviderSpec:
+        pool = getattr(self, "_pools", {}).get(spec.name)
+        return replace(spec, key_pool=pool[0], key_pick=pool[1]) if pool else spec
 
     def _format_settings(self, decl: ast.ProviderDecl, fmt: str, opts: dict, set_at: dict) -> None:
         for name, owner in FORMAT_SETTINGS.items():

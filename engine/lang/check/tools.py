@@ -54,6 +54,8 @@ class ToolChecks:
                 continue
             if s.name == "url":
                 opts["url"] = self._value(s.args[0], False, "url")
+            elif s.name == "api_key" and isinstance(s.args[0], ast.KeyPool):
+                self.error("key-pool", f"api '{decl.name}' takes one api_key; key pools are for providers", s.loc)
             elif s.name == "api_key":
                 opts["api_key"] = self._value(s.args[0], True, f"the api_key of api '{decl.name}'")
             elif s.name == "headers":

@@ -1,0 +1,163 @@
+"""Provider key pools (`api_key [...]`) against a real `edgerules serve` and a real `edgerules
+upstream` that refuses one given key: a refused key is cooled down and the next key serves the
+request, every key cooling makes the provider unavailable (fallbacks go on), each key's own limits
+hold, and no key shows in an answer, a log line, the metrics or the admin view."""
+from __future__ import annotations
+
+import subprocess
+
+import openai
+import pytest
+
+from gw import start_gateway
+from procs import EDGERULES, start_upstream
+
+KEYS = {f"POOL_K{i}": f"sk-pool-key-{i}-{'x' * 20}" for i in range(1, 11)}
+K = {i: KEYS[f"POOL_K{i}"] for i in range(1, 11)}
+
+POLICY = """
+provider cool {
+    url "{url}"
+    api_key [env("POOL_K1") as alpha, env("POOL_K2") as beta] pick round_robin
+}
+provider dry {
+    url "{url}"
+    api_key [env("POOL_K3"), env("POOL_K4")]
+}
+provider spare { format echo }
+provider lim {
+    url "{url}"
+    api_key [
+        env("POOL_K5") as small limit requests 2 per 1m,
+        env("POOL_K6") as big,
+    ] pick round_robin
+}
+provider tok {
+    url "{url}"
+    api_key [env("POOL_K7") as tiny limit tokens 1 per 1h, env("POOL_K8")] pick round_robin
+}
+provider room {
+    url "{url}"
+    api_key [env("POOL_K9") as only limit requests 3 per 1m]
+}
+rule cool  { when model == "cool" route cool/m }
+rule dry   { when model == "dry" route fallback [dry/m, spare/echo] }
+rule solo  { when model == "solo" route dry/m }
+rule lim   { when model == "lim" route lim/m }
+rule tok   { when model == "tok" route tok/m }
+provider echoed {
+    url "{url}"
+    api_key [env("POOL_K10")]
+}
+rule room  { when model == "room" route room/m }
+rule echoed { when model == "echoed" route echoed/m }
+"""
+
+
+@pytest.fixture(scope="module")
+def up():
+    with start_upstream() as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def gw(up, tmp_path_factory):
+    proc = start_gateway(POLICY.replace("{url}", up.url), tmp_path_factory.mktemp("pools"), "--no-watch",
+                         env=KEYS)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_refusal(up):
+    yield
+    up.control(refuse_key=None, retry_after=None, refuse_key_status=429)
+
+
+def seen(up, n: int) -> int:
+    return up.stats()["by_key"].get(K[n], 0)
+
+
+def assert_no_key(text: str) -> None:
+    for key in KEYS.values():
+        assert key not in text
+
+
+def test_a_key_answering_429_is_cooled_down_and_the_next_key_serves(up, gw):
+    up.control(refuse_key=K[1], refuse_key_status=429, retry_after="60s")
+    for _ in range(4):
+        resp = gw.chat("cool")
+        assert resp.status_code == 200, resp.text
+    client = openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
+    with client.chat.completions.create(model="cool", messages=[{"role": "user", "content": "hi"}],
+                                        stream=True) as stream:
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    # The first request met K1's 429 and went on with K2; K1 then sat out its Retry-After.
+    assert seen(up, 1) == 1
+    assert seen(up, 2) == 5
+    metrics = gw.http.get("/metrics").text
+    assert 'edgerules_pool_key_calls_total{provider="cool",pool_key="alpha",outcome="429"} 1' in metrics
+    assert 'edgerules_pool_key_calls_total{provider="cool",pool_key="beta",outcome="ok"} 5' in metrics
+    assert 'edgerules_pool_key_tokens_total{provider="cool",pool_key="beta"}' in metrics
+    assert "cooling it down for 60s" in gw.output()
+    assert_no_key(metrics)
+    assert_no_key(gw.output())
+
+
+def test_every_key_cooling_makes_the_provider_unavailable_and_the_fallback_answers(up, gw):
+    up.control(refuse_key=K[3], refuse_key_status=401)
+    assert gw.chat("dry").json()["model"] != "echo"   # K3: 401, cooled for long; K4 answered
+    assert (seen(up, 3), seen(up, 4)) == (1, 1)
+    up.control(refuse_key=K[4], refuse_key_status=429, retry_after="30s")
+    resp = gw.chat("dry")   # K4: 429, cooled; no key left: the fallback answers
+    assert resp.status_code == 200 and resp.headers["x-edgerules-route"].startswith("spare/"), resp.text
+    assert (seen(up, 3), seen(up, 4)) == (1, 2)
+    resp = gw.chat("dry")   # every key cooling: the upstream is not called at all
+    assert resp.status_code == 200 and resp.headers["x-edgerules-route"].startswith("spare/")
+    assert (seen(up, 3), seen(up, 4)) == (1, 2)
+    resp = gw.chat("solo")   # no fallback: a 429 with the time until a key is free
+    assert resp.status_code == 429, resp.text
+    assert int(resp.headers["retry-after"]) >= 1
+    assert "every key of provider 'dry' is cooling down" in resp.json()["error"]["message"]
+    assert_no_key(resp.text)
+
+
+def test_a_refusal_that_echoes_the_key_is_redacted(up, gw):
+    up.control(refuse_key=K[10], refuse_key_status=401)
+    resp = gw.chat("echoed")
+    assert resp.status_code == 502, resp.text   # the gateway's own key was refused: not the client's to fix
+    assert "[redacted]" in resp.json()["error"]["message"]
+    assert_no_key(resp.text)
+    assert_no_key(gw.output())
+    assert_no_key(str(gw.admin_policy()))
+
+
+def test_a_keys_request_limit_sends_the_rest_to_the_other_keys(up, gw):
+    for _ in range(6):
+        assert gw.chat("lim").status_code == 200
+    assert (seen(up, 5), seen(up, 6)) == (2, 4)
+
+
+def test_a_keys_token_limit_is_counted_from_the_answers_usage(up, gw):
+    for _ in range(4):
+        assert gw.chat("tok").status_code == 200
+    # K7's first answer spent more than its 1 token an hour: every later request went to K8.
+    assert (seen(up, 7), seen(up, 8)) == (1, 3)
+
+
+def test_a_pool_whose_keys_are_all_full_answers_429(up, gw):
+    assert [gw.chat("room").status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert seen(up, 9) == 3
+
+
+def test_check_reports_a_bad_pool_with_positions(tmp_path):
+    path = tmp_path / "bad.rules"
+    path.write_text('provider p {\n    url "http://127.0.0.1:9/v1"\n'
+                    '    api_key [env("POOL_K1") limit cost 3 per 1m, "sk-written-in-the-file"] pick rotate\n}\n')
+    out = subprocess.run([EDGERULES, "check", str(path)], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", **KEYS})
+    assert out.returncode != 0
+    assert f"{path}:3:29: error[bad-pool-limit]" in out.stderr + out.stdout
+    assert "error[bad-pick]: unknown pool strategy 'rotate'" in out.stderr + out.stdout
+    assert "warning[literal-secret]" in out.stderr + out.stdout
+    assert "sk-written-in-the-file" not in out.stderr + out.stdout
