@@ -15,6 +15,7 @@ from lark.lexer import PatternStr
 from . import ast
 from .build import AstBuilder, parse_duration
 from .errors import Diagnostic
+from .lalr import FastParser
 from .source import Location, Source
 
 GRAMMAR_NAME = "edgerules.lark"
@@ -38,8 +39,25 @@ def build_parser() -> Lark:
                 maybe_placeholders=True)
 
 
+@functools.cache
+def fast_parser() -> FastParser | None:
+    try:
+        return FastParser(build_parser(), MAX_NESTING)
+    except (AttributeError, KeyError, ValueError):   # a Lark whose internals moved: the general path
+        return None
+
+
 def parse_source(source: Source) -> tuple[ast.Program | None, list[Diagnostic]]:
     """Parse one file. Returns the program, or None and the syntax error."""
+    fast = fast_parser()
+    program = fast.parse(source.text, source.name) if fast is not None else None
+    if program is not None:
+        return program, []
+    return parse_general(source)
+
+
+def parse_general(source: Source) -> tuple[ast.Program | None, list[Diagnostic]]:
+    """Lark's parse, then AstBuilder over the tree: every syntax diagnostic comes from here."""
     parser = build_parser()
     try:
         tree = parser.parse(source.text)
