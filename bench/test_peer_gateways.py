@@ -140,7 +140,7 @@ def test_the_direct_passthrough_and_edgerules_legs(tmp_path):
     result = peers.run((), seconds=1, connections=(1,), max_requests=40, cache=tmp_path, progress=lambda m: None)
     assert [r["target"] for r in result["rows"]] == ["direct", "passthrough", "edgerules"]
     assert all(r["errors"] == 0 and r["rps"] > 0 for r in result["rows"])
-    assert all(f["requests"] and f["requests"] >= 40 for f in result["figures"])
+    assert all(0 < f["requests"] <= 41 for f in result["figures"])   # the count bounds the load
     answer = result["answers"]["edgerules"]
     assert answer["x-edgerules-route"] == "primary/bench"
     assert answer["x-ratelimit-limit-requests"] == "1000000000"
