@@ -49,6 +49,11 @@ provider echoed {
     url "{url}"
     api_key [env("POOL_K10")]
 }
+provider offline {
+    format echo
+    api_key ["label-one" as one limit requests 1 per 1m, "label-two" as two] pick round_robin
+}
+rule offline { when model == "offline" route offline/echo }
 rule room  { when model == "room" route room/m }
 rule echoed { when model == "echoed" route echoed/m }
 """
@@ -161,3 +166,10 @@ def test_check_reports_a_bad_pool_with_positions(tmp_path):
     assert "error[bad-pick]: unknown pool strategy 'rotate'" in out.stderr + out.stdout
     assert "warning[literal-secret]" in out.stderr + out.stdout
     assert "sk-written-in-the-file" not in out.stderr + out.stdout
+
+
+def test_a_pool_on_the_echo_format_picks_and_counts_offline(gw):
+    assert [gw.chat("offline").status_code for _ in range(3)] == [200, 200, 200]
+    metrics = gw.http.get("/metrics").text
+    assert 'edgerules_pool_key_calls_total{provider="offline",pool_key="one",outcome="ok"} 1' in metrics
+    assert 'edgerules_pool_key_calls_total{provider="offline",pool_key="two",outcome="ok"} 2' in metrics

@@ -84,11 +84,27 @@ def _statement(node: Tree, lines: list[_Line]) -> None:
     brace = next(i for i, c in enumerate(children) if isinstance(c, Token) and c == "{")
     lines.append(_line(0, [t for c in children[:brace + 1] if c is not None for t in _tokens(c)]))
     for child in children[brace + 1:-1]:
-        if child is not None:    # a rule without `when`
+        if isinstance(child, Tree) and child.data == "api_key_pool":
+            _key_pool(child, lines)
+        elif child is not None:    # a rule without `when`
             lines.append(_line(1, _tokens(child)))
     end = _line(0, _tokens(children[-1]))
     end.statement_end = True
     lines.append(end)
+
+
+def _key_pool(node: Tree, lines: list[_Line]) -> None:
+    """`api_key [` alone, then one key a line with its comma, then `]` and any `pick`."""
+    keys = [c for c in node.children if isinstance(c, Tree)]
+    if len(keys) < 2:
+        lines.append(_line(1, _tokens(node)))
+        return
+    close = next(i for i, c in enumerate(node.children) if isinstance(c, Token) and c == "]")
+    lines.append(_line(1, _tokens(node)[:2]))
+    for key in keys:
+        tokens = _tokens(key)
+        lines.append(_line(2, tokens + [Token.new_borrow_pos("COMMA", ",", tokens[-1])]))
+    lines.append(_line(1, [t for c in node.children[close:] if c is not None for t in _tokens(c)]))
 
 
 # ---- comments -------------------------------------------------------------------------------

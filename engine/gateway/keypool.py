@@ -133,6 +133,13 @@ class KeyPool:
             except StorageError as exc:
                 log.error("limits storage failed for the key pool of provider '%s': %s", self.provider, exc)
 
+    async def serve_offline(self, provider, payload: dict, raw: bytes) -> None:
+        """A provider that calls nothing (echo): the pick, the limits and the metrics of a call."""
+        i = await self.take(set())
+        if i is None:
+            raise self.exhausted(provider, None)
+        await self.spent(i, payload, raw)
+
     def _count(self, i: int, outcome: str) -> None:
         if self.gw is not None:
             self.gw.metrics.pool_calls[(self.provider, self.keys[i].name, outcome)] += 1

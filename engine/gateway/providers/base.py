@@ -136,6 +136,10 @@ class Provider(ABC):
     def __init__(self, spec: ProviderSpec):
         self.spec = spec
         self.redactor = Redactor(spec.secrets())   # the secrets are part of a client's identity: fixed
+        self.pool = None
+        if spec.key_pool:   # `api_key [...]`: each call picks a key (keypool.py)
+            from ..keypool import KeyPool
+            self.pool = KeyPool(spec, {})
         self.max_parsed = parsed_answer_limit()
 
     @abstractmethod
@@ -227,10 +231,8 @@ class HttpProvider(Provider):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.max_body, self.max_event = upstream_limits()
         self._urls: dict[str, URL] = {}
-        self.pool = None
-        if spec.key_pool:   # `api_key [...]`: each call picks a key (keypool.py)
-            from ..keypool import KeyPool
-            self.pool = KeyPool(spec, self.headers)
+        if self.pool is not None:   # the keys in this format's own headers
+            self.pool = type(self.pool)(spec, self.headers)
 
     def session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()

@@ -206,6 +206,10 @@ def embeddings(body: dict, model: str) -> dict:
 class EchoProvider(Provider):
     async def chat(self, body: dict, model: str, timeout: float) -> UpstreamResponse:
         result = completion(body, model)
+        if self.pool is not None:   # a key pool on echo: its picks, limits and metrics, offline
+            raw = orjson.dumps(result)
+            await self.pool.serve_offline(self, body, raw)
+            return UpstreamResponse(200, raw, result)
         return UpstreamResponse(200, orjson.dumps(result), result)
 
     async def chat_stream(self, body: dict, model: str, timeout: float) -> UpstreamStream:

@@ -125,14 +125,16 @@ class DeclarationChecks:
 
     def _key_pool(self, decl: ast.ProviderDecl, pool: ast.KeyPool) -> str | None:
         """`api_key [...]`: the pool's keys kept for _pooled(); the first key is the provider's api_key."""
-        keys, names, secrets = [], {}, {}
+        keys, names, secrets, literal = [], {}, {}, []
         for index, member in enumerate(pool.members, 1):
             name = member.name or str(index)
             if member.name is not None and name in names:
                 self.error("duplicate-setting", f"key '{name}' of the pool is already named at {names[name]}",
                            member.name_loc)
             names.setdefault(name, member.name_loc or member.loc)
-            secret = self._value(member.value, True, f"key {name} of the api_key pool of provider '{decl.name}'")
+            secret = self._value(member.value, False, "")   # a literal is warned about in _pooled()
+            if member.value.kind == "string" and secret:
+                literal.append((name, member.value.loc))
             if secret and secret in secrets:
                 self.warn("duplicate-pool-key", f"key {name} of the pool has the same value as key "
                           f"{secrets[secret]}", member.value.loc, hint="each key of a pool should be its own")
@@ -144,7 +146,7 @@ class DeclarationChecks:
                        hint=f"did you mean '{close[0]}'?" if close else f"use {' or '.join(PICKS)}")
         if not hasattr(self, "_pools"):
             self._pools = {}
-        self._pools[decl.name] = (tuple(keys), pool.pick if pool.pick in PICKS else PICKS[0])
+        self._pools[decl.name] = (tuple(keys), pool.pick if pool.pick in PICKS else PICKS[0], literal)
         return keys[0].secret or None
 
     def _pool_limits(self, member: ast.PoolKey) -> dict:
@@ -165,7 +167,13 @@ class DeclarationChecks:
 
     def _pooled(self, spec: ProviderSpec) -> ProviderSpec:
         pool = getattr(self, "_pools", {}).get(spec.name)
-        return replace(spec, key_pool=pool[0], key_pick=pool[1]) if pool else spec
+        if not pool:
+            return spec
+        # The echo format sends its keys nowhere: there they are labels, not secrets.
+        for name, loc in pool[2] if spec.format != "echo" else ():
+            self.warn("literal-secret", f"key {name} of the api_key pool of provider '{spec.name}' is written "
+                      f"literally in the file", loc, hint='prefer env("NAME") so the secret stays out of the policy files')
+        return replace(spec, key_pool=pool[0], key_pick=pool[1])
 
     def _format_settings(self, decl: ast.ProviderDecl, fmt: str, opts: dict, set_at: dict) -> None:
         for name, owner in FORMAT_SETTINGS.items():
