@@ -61,6 +61,30 @@ class Window(RateLimitItemPerSecond):
         return "/".join((self.namespace, *identifiers))
 
 
+@dataclass(slots=True, eq=False)
+class Meter:
+    """A limit prepared once for every request that meets it: its window, the fixed head of its
+    storage keys, and how it counts (a request limit in a moving window, a budget in fixed ones)."""
+
+    spec: LimitSpec
+    window: Window
+    moving: bool
+    amount: int
+    expiry: int
+    shape: str        # the kind and window, part of the key (see _by)
+    head: str         # the storage key without the `by` part
+
+    @classmethod
+    def of(cls, spec: LimitSpec) -> "Meter":
+        window = Window(_units(spec), spec.window, namespace="edgerules")
+        shape = f"{spec.kind}-{spec.window}s"
+        return cls(spec, window, spec.kind == "requests", window.amount, window.get_expiry(), shape,
+                   window.key_for(spec.id, shape, ""))
+
+    def ident(self, values: tuple) -> tuple[str, ...]:
+        return (self.spec.id, self.shape, _by(values))
+
+
 @dataclass(slots=True)
 class Hold:
     """Budget units taken at admission, to reconcile with the real usage in settle()."""
@@ -70,6 +94,7 @@ class Hold:
     ident: tuple[str, ...]
     amount: int
     reset: float      # the window's reset time when the hold was taken: refunds go to that window only
+    key: str = ""     # the storage key of window and ident
 
 
 class Limiter:
@@ -81,12 +106,15 @@ class Limiter:
         if completion_reserve is None:
             completion_reserve = int(os.environ.get(ENV_RESERVE, DEFAULT_RESERVE))
         self.completion_reserve = completion_reserve
-        self._windows: dict[LimitSpec, Window] = {}
-        # The counters this process touched, most recent last, for GET /admin/limits (bounded).
-        self.seen: dict[tuple, tuple] = {}
+        # Keyed by the spec's identity (a spec's own hash walks all its fields); a Meter keeps its
+        # spec alive, so an id is not reused while its entry is here.
+        self._meters: dict[int, Meter] = {}
+        # The counters this process touched, most recent last, for GET /admin/limits (bounded):
+        # storage key -> (meter, ident, `by` values, last use).
+        self.seen: dict[str, tuple] = {}
 
     async def close(self) -> None:
-        self._windows.clear()   # the shared Redis connection is closed by its owner, the Gateway
+        self._meters.clear()   # the shared Redis connection is closed by its owner, the Gateway
 
     # ---- admission ---------------------------------------------------------------------
 
@@ -95,26 +123,32 @@ class Limiter:
         holds: list[Hold] = []
         rerouted = False
         try:
-            seen = self.seen
+            seen, now, storage = self.seen, time.time(), self.storage
+            met = []
             for spec, values in call.decision.limits:
-                window, ident = self._window(spec), _ident(spec, values)
-                seen.pop((spec, ident), None)
-                seen[(spec, ident)] = (values, time.time())
-                if len(seen) > MAX_SEEN:
-                    del seen[next(iter(seen))]
-                if spec.kind == "requests":
-                    admitted = await self.moving.hit(window, *ident)
+                meter = self._meter(spec)
+                ident = meter.ident(values)
+                key = meter.head + ident[2]
+                met.append((meter, key))
+                seen.pop(key, None)
+                seen[key] = (meter, ident, values, now)
+            while len(seen) > MAX_SEEN:
+                del seen[next(iter(seen))]
+            for (meter, key), (spec, values) in zip(met, call.decision.limits):
+                if meter.moving:
+                    # limits' MovingWindowRateLimiter.hit, without its layers
+                    admitted = await storage.acquire_entry(key, meter.amount, meter.expiry)
                 else:
                     ask_stream_usage(call)   # the usage of a streamed answer reconciles budgets
-                    admitted = await self._hold(call, spec, window, ident, holds)
+                    admitted = await self._hold(call, meter, key, values, holds)
                 if admitted:
                     continue
                 self.gw.metrics.limited[spec.rule] += 1
                 if spec.else_route is None:
-                    raise await self._refusal(call, spec, window, ident)
+                    raise await self._refusal(call, meter, key, met)
                 if not rerouted:   # the first full limit with `else route` picks the target
                     call.target, rerouted = spec.else_route, True
-            call.extra_headers.update(await self._headers(call))
+            call.extra_headers.update(await self._headers(met))
         except StorageError as exc:
             await self._release(holds)
             log.error("limits storage failed: %s", exc)
@@ -124,17 +158,18 @@ class Limiter:
             raise
         call.admission = holds or None
 
-    async def _hold(self, call, spec: LimitSpec, window: Window, ident: tuple, holds: list) -> bool:
-        amount, least = self.estimate(call, spec)
+    async def _hold(self, call, meter: Meter, key: str, values: tuple, holds: list) -> bool:
+        amount, least = self.estimate(call, meter.spec)
         if least < amount:
             # The completion is a guess: hold no more than the room left, as long as the prompt fits.
-            room = window.amount - await self.storage.get(window.key_for(*ident))
+            room = meter.amount - await self.storage.get(key)
             amount = min(amount, max(least, room))
-        if await self.fixed.hit(window, *ident, cost=amount):
-            reset = await self.storage.get_expiry(window.key_for(*ident))
-            holds.append(Hold(spec, window, ident, amount, reset))
+        # limits' FixedWindowRateLimiter.hit, without its layers
+        if await self.storage.incr(key, meter.expiry, amount=amount) <= meter.amount:
+            reset = await self.storage.get_expiry(key)
+            holds.append(Hold(meter.spec, meter.window, meter.ident(values), amount, reset, key))
             return True
-        await self.fixed.hit(window, *ident, cost=-amount)   # a refused hit still counted: take it back
+        await self.storage.incr(key, meter.expiry, amount=-amount)   # a refused hit still counted: take it back
         return False
 
     def estimate(self, call, spec: LimitSpec) -> tuple[int, int]:
@@ -189,7 +224,7 @@ class Limiter:
         for hold in holds:
             actual = 0 if spent_nothing else self.spent(call, hold)
             if actual > hold.amount:
-                await self.fixed.hit(hold.window, *hold.ident, cost=actual - hold.amount)
+                await self.storage.incr(hold.key, hold.window.get_expiry(), amount=actual - hold.amount)
             elif actual < hold.amount:
                 await self._refund(hold, hold.amount - actual)
 
@@ -209,34 +244,36 @@ class Limiter:
         return min(math.ceil((prompt * price.input + completion * price.output) * _NANO_PER_PRICE), MAX_UNITS)
 
     async def _refund(self, hold: Hold, amount: int) -> None:
-        key = hold.window.key_for(*hold.ident)
+        key = hold.key
         # A window that ended took the hold with it; its successor owes nothing back.
         if abs(await self.storage.get_expiry(key) - hold.reset) > _SAME_WINDOW:
             return
         counted = await self.storage.get(key)
         if counted > 0:
-            await self.fixed.hit(hold.window, *hold.ident, cost=-min(amount, counted))
+            await self.storage.incr(key, hold.window.get_expiry(), amount=-min(amount, counted))
 
     # ---- answers -----------------------------------------------------------------------
 
-    async def _refusal(self, call, spec: LimitSpec, window: Window, ident: tuple) -> GatewayError:
-        stats = await self._stats(spec, window, ident)
-        headers = await self._headers(call, refused=(spec, stats))
+    async def _refusal(self, call, meter: Meter, key: str, met: list) -> GatewayError:
+        spec = meter.spec
+        stats = await self._stats(meter, key)
+        headers = await self._headers(met, refused=(meter, stats))
         retry_after = max(1, math.ceil(stats[0] - time.time()))
         headers["retry-after"] = str(retry_after)
         call.extra_headers.update(headers)
         return GatewayError(429, f"rate limit exceeded: rule '{spec.rule}' allows {_describe(spec)}; "
                                  f"retry in {retry_after}s", code="rate_limit_exceeded", headers=headers)
 
-    async def _headers(self, call, refused: tuple | None = None) -> dict[str, str]:
+    async def _headers(self, met: list, refused: tuple | None = None) -> dict[str, str]:
         """x-ratelimit-* of the tightest request limit and of the tightest token limit; a limit
-        that refused the request speaks for its kind."""
+        that refused the request speaks for its kind. `met`: (meter, key) of each limit met."""
         tightest: dict[str, tuple] = {}
-        for spec, values in call.decision.limits:
-            if refused is not None and spec is refused[0]:
+        for meter, key in met:
+            spec = meter.spec
+            if refused is not None and meter is refused[0]:
                 (reset, remaining), rank = refused[1], (-1, 0)
             else:
-                reset, remaining = await self._stats(spec, self._window(spec), _ident(spec, values))
+                reset, remaining = await self._stats(meter, key)
                 rank = (remaining, spec.amount)
             best = tightest.get(spec.kind)
             if best is None or rank < best[0]:
@@ -257,11 +294,12 @@ class Limiter:
         """Every counter this process used whose window is still open, with the room left in it."""
         now = time.time()
         out = []
-        for (spec, ident), (values, last) in list(self.seen.items()):
+        for key, (meter, ident, values, last) in list(self.seen.items()):
+            spec = meter.spec
             if now - last > spec.window:
-                self.seen.pop((spec, ident), None)   # its window ended: the counter is gone
+                self.seen.pop(key, None)   # its window ended: the counter is gone
                 continue
-            reset, remaining = await self._stats(spec, self._window(spec), ident)
+            reset, remaining = await self._stats(meter, key)
             scale = NANO_USD if spec.kind == "cost" else 1
             limit = spec.amount if spec.kind == "cost" else int(spec.amount)
             left = max(0, remaining) / scale if spec.kind == "cost" else max(0, int(remaining))
@@ -271,34 +309,37 @@ class Limiter:
                         "reset_in_seconds": round(max(0.0, reset - now), 3)})
         return out
 
-    async def _stats(self, spec: LimitSpec, window: Window, ident: tuple) -> tuple[float, float]:
-        """(reset time, remaining) of one limit's counter."""
-        if spec.kind == "requests":
-            stats = await self.moving.get_window_stats(window, *ident)
-        else:
-            stats = await self.fixed.get_window_stats(window, *ident)
-        return stats.reset_time, stats.remaining
+    async def _stats(self, meter: Meter, key: str) -> tuple[float, float]:
+        """(reset time, remaining) of one limit's counter: limits' get_window_stats, without its layers."""
+        if meter.moving:
+            start, count = await self.storage.get_moving_window(key, meter.amount, meter.expiry)
+            return start + meter.expiry, meter.amount - count
+        remaining = max(0, meter.amount - await self.storage.get(key))
+        return await self.storage.get_expiry(key), remaining
 
-    def _window(self, spec: LimitSpec) -> Window:
-        window = self._windows.get(spec)
-        if window is None:
-            if len(self._windows) > 4096:   # specs of old policy versions
-                self._windows.clear()
-            window = self._windows[spec] = Window(_units(spec), spec.window, namespace="edgerules")
-        return window
+    def _meter(self, spec: LimitSpec) -> Meter:
+        meter = self._meters.get(id(spec))
+        if meter is None or meter.spec is not spec:
+            if len(self._meters) > 4096:   # specs of old policy versions
+                self._meters.clear()
+            meter = self._meters[id(spec)] = Meter.of(spec)
+        return meter
 
 
 def _units(spec: LimitSpec) -> int:
     return round(spec.amount * NANO_USD) if spec.kind == "cost" else int(spec.amount)
 
 
-def _ident(spec: LimitSpec, values: tuple) -> tuple[str, ...]:
-    # The kind and window are in the key: Redis keeps a moving window as a list and a budget as a
-    # number, so a limit that changes shape must not meet its old counter.
-    by = orjson.dumps(list(values)).decode() if values else "*"
+def _by(values: tuple) -> str:
+    """The `by` part of a counter's key. Its kind and window are in the key too (Meter.shape):
+    Redis keeps a moving window as a list and a budget as a number, so a limit that changes shape
+    must not meet its old counter."""
+    if not values:
+        return "*"
+    by = orjson.dumps(list(values)).decode()
     if len(by) > _MAX_BY:   # a client-chosen value (a header, the user) must not make storage keys huge
         by = "sha256:" + hashlib.sha256(by.encode()).hexdigest()
-    return (spec.id, f"{spec.kind}-{spec.window}s", by)
+    return by
 
 
 def _count(usage: dict, *names: str) -> int:

@@ -71,6 +71,16 @@ class DequeMemoryStorage(MemoryStorage):
             self._sweep(now)
         return count
 
+    async def get(self, key: str) -> int:
+        if self.expirations.get(key, 0) <= time.time():
+            self.storage.pop(key, None)
+            self.expirations.pop(key, None)
+            return 0
+        return self.storage.get(key, 0)
+
+    async def get_expiry(self, key: str) -> float:
+        return self.expirations.get(key, time.time())
+
     async def decr(self, key: str, amount: int = 1) -> int:
         count = max(await self.get(key) - amount, 0)
         if key in self.expirations:
@@ -99,6 +109,12 @@ class DequeMemoryStorage(MemoryStorage):
                 self.storage.pop(key, None)
                 del self.expirations[key]
         self.locks.clear()   # the library's per-key asyncio locks: this storage takes none
+
+
+# limits wraps these methods in an error translator at every subclass level (two coroutine layers
+# a call here); nothing in memory raises what it translates, so the plain methods are used.
+for _name in ("incr", "get", "get_expiry", "acquire_entry", "get_moving_window"):
+    setattr(DequeMemoryStorage, _name, vars(DequeMemoryStorage)[_name].__wrapped__)
 
 
 def _drop_before(events: deque, cutoff: float) -> None:
