@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
-import pytest
+from edgerules.gateway.semantic import DIMENSIONS, VectorIndex  # first: it sets numpy's BLAS threads
 
-from edgerules.gateway.semantic import DIMENSIONS, VectorIndex
+import numpy as np  # noqa: E402
+import pytest
 
 NOW = 1000.0
 
