@@ -151,7 +151,8 @@ class Metrics:
         _counter(out, "edgerules_tool_call_seconds_total", "Time spent answering tool calls, by server.",
                  ("server",), self.tool_seconds, "{:.6f}")
         _counter(out, "edgerules_tagged_requests_total", "Requests by tag.", ("tag",), self.tags)
-        _counter(out, "edgerules_cache_lookups_total", "Response cache lookups, by result (hit, semantic_hit, miss, embedding_error).",
+        _counter(out, "edgerules_cache_lookups_total",
+                 "Response cache lookups, by result (hit, semantic_hit, miss, embedding_error).",
                  ("result",), self.cache)
         _counter(out, "edgerules_cost_usd_total", "Spend in USD from the providers' price tables, by key, "
                  "provider and answering model.", ("key", "gen_ai_provider_name", "gen_ai_response_model"),

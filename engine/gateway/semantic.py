@@ -166,7 +166,8 @@ class SemanticCache:
             if call.cache == "MISS" and text:
                 call.cache = "BYPASS"
             return response
-        index, group, now = self.index(vector.size), scope_group(call, f"{spec.provider}/{spec.model}"), time.monotonic()
+        index, now = self.index(vector.size), time.monotonic()
+        group = scope_group(call, f"{spec.provider}/{spec.model}")
         found = index.nearest(group, vector, spec.threshold, now)
         if found is not None:
             entry = await cache.peek(found[0])
