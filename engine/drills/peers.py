@@ -404,7 +404,7 @@ def run(peers=PEERS, seconds: float = 3.0, connections=CONNECTIONS, max_requests
     names = ("passthrough", "edgerules") + tuple(peers)
     say("starting the upstream, the pass-through, edgerules" + "".join(f", {p}" for p in peers) + " ...")
     servers, procs = start_servers(names, cache, say)
-    figures = []
+    figures, load_before = [], _loadavg()
     try:
         headers = request_headers(servers["upstream"])
         answers = {target: warm(url, BODY, headers) for target, (url, _) in servers["urls"].items()}
@@ -412,7 +412,9 @@ def run(peers=PEERS, seconds: float = 3.0, connections=CONNECTIONS, max_requests
             for target, (url, pid) in servers["urls"].items():
                 say(f"  {conns:>3} connections  {target:11} ...")
                 if max_requests is None:   # a bounded run checks the legs; it need not warm them
-                    load(url, BODY, headers, conns, 1.0)   # warm at this concurrency
+                    # at this concurrency, long enough for node's JIT to settle (Portkey doubles
+                    # its throughput over its first few thousand requests)
+                    load(url, BODY, headers, conns, max(1.0, seconds / 2))
                 cpu0 = gb._cpu_seconds(pid)
                 r = load(url, BODY, headers, conns, seconds, max_requests)
                 cpu1 = gb._cpu_seconds(pid)
@@ -426,8 +428,16 @@ def run(peers=PEERS, seconds: float = 3.0, connections=CONNECTIONS, max_requests
         shutil.rmtree(servers["policy_dir"], ignore_errors=True)
     return {"loadgen": "wrk" if shutil.which("wrk") else "aiohttp loop", "seconds": seconds,
             "connections": list(connections), "skipped": servers["skipped"], "answers": answers,
+            "load_average": [load_before, _loadavg()],
             "versions": {p: peer_version(p, cache) for p in peers if p not in servers["skipped"]},
             "figures": [asdict(f) for f in figures], "rows": rows([asdict(f) for f in figures])}
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def rows(figures: list[dict]) -> list[dict]:
@@ -475,6 +485,10 @@ def render(result: dict) -> str:
         last = by.get((target, conns[-1]))
         cells += [_num(last and last.get("cpu_us"), "{:.0f}"), str(errors)]
         lines.append("| " + " | ".join(cells) + " |")
+    before, after = result.get("load_average") or (None, None)
+    if before is not None and after is not None:
+        lines.append(f"\n{result.get('loadgen', 'wrk')}, {result.get('seconds', 0):g} s a measurement; "
+                     f"1-minute load average {before:.1f} at the start, {after:.1f} at the end (2 cores).")
     for name, why in result.get("skipped", {}).items():
         lines.append(f"\n{name} skipped: {why.splitlines()[0] if why else ''}")
     return "\n".join(lines)
