@@ -443,6 +443,8 @@ def _final_error(call: Call, last: ProviderError | None, deadline_hit: bool,
     # Past a retry budget the client must not retry either: the gateway is shedding retries.
     headers = {"x-should-retry": "false"} if call.attempts > 1 or budget_spent else {}
     message = _public(call, last.message) if last is not None else ""
+    if budget_spent and last is not None:
+        message += " (not retried: the retry budget is spent)"
     if deadline_hit and (last is None or last.kind == "timeout"):
         return GatewayError(504, f"the request's deadline of {call.decision.deadline:g}s passed after "
                                  f"{call.attempts} attempt(s)"
