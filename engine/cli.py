@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "routing,limit,tokens,cache,stream), on a policy of its own")
     p.add_argument("--connections", default="1,16,64", metavar="N,N",
                    help="with --scenarios: the connection counts (default 1,16,64)")
+    p.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="with --scenarios: the targets take turns N times; each figure is the median (default 1)")
     p.add_argument("--peers", metavar="LIST",
                    help="whole requests through LiteLLM's proxy and Portkey's gateway (all, or some of "
                         "litellm,portkey; installed once under ~/.cache/edgerules-peers) beside edgerules, "

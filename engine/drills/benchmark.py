@@ -203,7 +203,8 @@ def run_scenario_bench(args) -> int:
               file=sys.stderr)
         return 2
     try:
-        result = gatewaybench.run_scenarios(names, seconds=args.seconds, connections=conns)
+        result = gatewaybench.run_scenarios(names, seconds=args.seconds, connections=conns,
+                                            rounds=max(1, getattr(args, "rounds", 1)))
     except RuntimeError as exc:
         print(f"edgerules bench: the gateway benchmark could not start: {exc}", file=sys.stderr)
         return 1

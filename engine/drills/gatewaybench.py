@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -310,11 +311,14 @@ def _warm(url: str, body: bytes, count: int = 20) -> None:
             resp.read()
 
 
-def run_scenarios(names=SCENARIOS, seconds: float = 2.0, connections=(1, 16, 64), progress=None) -> dict:
+def run_scenarios(names=SCENARIOS, seconds: float = 2.0, connections=(1, 16, 64), progress=None,
+                  rounds: int = 1) -> dict:
     """Every scenario at every connection count against direct, the pass-through and edgerules,
     all in one run. JSON scenarios load with wrk when installed (else loadgen); stream with loadgen,
-    which reads the events. Returns {"rows": [...], ...}: per scenario and connections, each
-    target's figures and edgerules' ratios and added latencies."""
+    which reads the events. With `rounds` > 1 the three targets take turns that many times and each
+    figure is the median of its rounds (a shared machine's bursts then hit every target alike).
+    Returns {"rows": [...], "targets": [...], ...}: per scenario and connections, each target's
+    figures and edgerules' ratios and added latencies; the targets of issue #15 met or missed."""
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     py = sys.executable
     up_port, pt_port, gw_port = _free_port(), _free_port(), _free_port()
@@ -338,25 +342,64 @@ def run_scenarios(names=SCENARIOS, seconds: float = 2.0, connections=(1, 16, 64)
             for url, _ in targets.values():
                 _warm(url, body)
             for conns in connections:
-                figures = {}
-                for target, (url, pid) in targets.items():
-                    say(f"  {scenario:8} {conns:>3} connections  {target:11} ...")
-                    cpu0 = _cpu_seconds(pid)
-                    r = (_load_stream(url, body, conns, seconds) if scenario == "stream"
-                         else _load(url, body, conns, seconds))
-                    cpu1 = _cpu_seconds(pid)
-                    n = r.get("requests") or r["rps"] * seconds
-                    r["cpu_us"] = ((cpu1 - cpu0) / n * 1e6 if cpu0 is not None and cpu1 is not None and n
-                                   else None)
-                    figures[target] = r
-                rows.append(scenario_row(scenario, conns, figures))
+                runs = {target: [] for target in targets}
+                for turn in range(rounds):
+                    for target, (url, pid) in targets.items():
+                        say(f"  {scenario:8} {conns:>3} connections  {target:11} round {turn + 1}/{rounds} ...")
+                        cpu0 = _cpu_seconds(pid)
+                        r = (_load_stream(url, body, conns, seconds) if scenario == "stream"
+                             else _load(url, body, conns, seconds))
+                        cpu1 = _cpu_seconds(pid)
+                        n = r.get("requests") or r["rps"] * seconds
+                        r["cpu_us"] = ((cpu1 - cpu0) / n * 1e6 if cpu0 is not None and cpu1 is not None and n
+                                       else None)
+                        runs[target].append(r)
+                rows.append(scenario_row(scenario, conns, {t: _median_run(rs) for t, rs in runs.items()}))
     finally:
         for proc in reversed(procs):
             _stop(proc)
         shutil.rmtree(policy_dir, ignore_errors=True)
     return {"loadgen": "wrk" if shutil.which("wrk") else "edgerules.drills.loadgen",
-            "stream_loadgen": "edgerules.drills.loadgen", "seconds": seconds,
-            "connections": list(connections), "rows": rows}
+            "stream_loadgen": "edgerules.drills.loadgen", "seconds": seconds, "rounds": rounds,
+            "connections": list(connections), "rows": rows, "targets": target_checks(rows)}
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """One target's figures over its rounds: each the median of its rounds; errors and requests summed."""
+    out = dict(runs[-1])
+    for name, value in runs[-1].items():
+        values = [r[name] for r in runs if isinstance(r.get(name), (int, float))]
+        if name in ("errors", "requests"):
+            out[name] = sum(values)
+        elif values and isinstance(value, (int, float)):
+            out[name] = statistics.median(values)
+    return out
+
+
+# Issue #15's targets for the whole request, each read from one row of a run: (scenario,
+# connections, figure, bound, what it says). A request limit every request meets is the path
+# measured; the routing-only row beside it shows what the limit itself costs.
+TARGETS = (
+    ("limit", 32, "x_passthrough", (">=", 0.85), "throughput with a request limit, x the bare pass-through, 32 connections"),
+    ("limit", 1, "added_p50_ms_vs_direct", ("<=", 0.4), "added p50 over direct (ms), 1 connection"),
+    ("limit", 16, "added_p99_ms_vs_passthrough", ("<=", 2.0), "added p99 over the pass-through's (ms), 16 connections"),
+)
+
+
+def target_checks(rows: list[dict]) -> list[dict]:
+    """Each target whose row was measured (its scenario and connection count were in the run)."""
+    by = {(r["scenario"], r["connections"]): r for r in rows}
+    out = []
+    for scenario, conns, figure, (op, bound), what in TARGETS:
+        row = by.get((scenario, conns))
+        if row is None or row.get(figure) is None:
+            continue
+        value = row[figure]
+        routing = by.get(("routing", conns), {}).get(figure)
+        out.append({"target": what, "scenario": scenario, "connections": conns, "figure": figure,
+                    "bound": f"{op} {bound:g}", "value": value, "routing_value": routing,
+                    "met": value >= bound if op == ">=" else value <= bound})
+    return out
 
 
 def scenario_row(scenario: str, conns: int, figures: dict) -> dict:
@@ -389,6 +432,12 @@ def render_scenarios(result: dict) -> str:
                      f"{r['added_p50_ms_vs_passthrough']:+.2f} | {r['added_p99_ms_vs_direct']:+.2f} / "
                      f"{r['added_p99_ms_vs_passthrough']:+.2f} | {cpu(r['cpu_us'])} / "
                      f"{cpu(r['cpu_us_passthrough'])} | {r['errors']} |")
+    if result.get("targets"):
+        lines += ["", "| target (issue #15) | bound | measured | routing only | met |", "|---|---:|---:|---:|---|"]
+        for t in result["targets"]:
+            routing = f"{t['routing_value']:.2f}" if t["routing_value"] is not None else "-"
+            lines.append(f"| {t['target']} | {t['bound']} | {t['value']:.2f} | {routing} | "
+                         f"{'yes' if t['met'] else 'no'} |")
     streams = [r for r in result["rows"] if r["scenario"] == "stream"]
     if streams:
         lines += ["", "| stream, conns | time to first event p50 ms: direct / pass-through / edgerules "
@@ -406,10 +455,13 @@ if __name__ == "__main__":
     p.add_argument("rules", nargs="?", default="rules/")
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--scenarios", default=None, help="all, or some of " + ",".join(SCENARIOS))
+    p.add_argument("--connections", default="1,16,64")
+    p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     if a.scenarios:
-        res = run_scenarios(scenario_names(a.scenarios), a.seconds)
+        res = run_scenarios(scenario_names(a.scenarios), a.seconds,
+                            tuple(int(n) for n in a.connections.split(",")), rounds=a.rounds)
         print(json.dumps(res, indent=2) if a.json else render_scenarios(res))
     else:
         res = run(a.rules, a.seconds)
