@@ -21,6 +21,12 @@ EWMA_ALPHA = 0.3
 SYNC_EVERY = 0.5           # seconds between reads of the shared breakers (with --state redis://)
 FAILURES_TTL_MS = 600_000  # a shared failure count no instance touched for 10 minutes is dropped
 _BREAKER = "edgerules:{breaker}:"   # one hash tag: a Redis Cluster keeps every breaker key in one slot
+# Raise a shared failure count to at least ARGV[1] (what one process counted while Redis was away).
+_RAISE_FAILURES = """
+local now = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > now then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return now
+"""
 MAX_LATENCY_MODELS = 256   # per provider
 LATENCY_SAMPLES = 200      # recent answers per model a hedge's `after pNN` is read from
 MIN_SAMPLES = 20           # fewer than this: the percentile is not known yet
@@ -87,6 +93,7 @@ class Health:
         self.shared = None
         self._sync_task: asyncio.Task | None = None
         self._pushes: set[asyncio.Task] = set()
+        self._raise_failures = None
 
     def of(self, name: str) -> ProviderHealth:
         h = self.providers.get(name)
@@ -121,6 +128,7 @@ class Health:
         """Keep breakers in Redis from now on, for the providers `names` (and any met later)."""
         self.shared = shared
         self.providers = {name: SharedProviderHealth(self, name) for name in names}
+        self._raise_failures = shared.client.register_script(_RAISE_FAILURES)
         self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
 
     async def close(self) -> None:
@@ -140,13 +148,16 @@ class Health:
             await self.sync()
 
     async def sync(self) -> None:
-        """Copy every known provider's shared failure count and open circuit into this process."""
+        """Copy every known provider's shared failure count and open circuit into this process,
+        after pushing what this process recorded while Redis was unreachable."""
         shared = self.shared
         names = list(self.providers)
         if not names or not shared.usable():
             return
         keys = [k for n in names for k in (_BREAKER + n + ":failures", _BREAKER + n + ":open")]
         try:
+            for h in [h for h in self.providers.values() if h.unsynced]:
+                await h.push_local(self._raise_failures)
             if shared.cluster:
                 values = await shared.client.mget_nonatomic(keys)
             else:
@@ -164,12 +175,13 @@ class Health:
 class SharedProviderHealth(ProviderHealth):
     """A provider's health whose breaker is also written to Redis (see Health.share)."""
 
-    __slots__ = ("health", "name", "offline_until")
+    __slots__ = ("health", "name", "offline_until", "unsynced")
 
     def __init__(self, health: Health, name: str):
         super().__init__()
         self.health, self.name = health, name
         self.offline_until = 0.0   # a circuit this process opened while Redis was unreachable
+        self.unsynced = False      # a failure went unwritten: push_local() once Redis answers
 
     def record_success(self, model: str, seconds: float) -> None:
         tripped = self.failures or self.open_until
@@ -199,10 +211,29 @@ class SharedProviderHealth(ProviderHealth):
         except Exception as exc:
             shared.failed("closing a circuit breaker", exc)
 
+    async def push_local(self, raise_failures) -> None:
+        """Write the failures counted and the circuit opened here while Redis was unreachable: the
+        count raises the shared one, the circuit opens for every instance for the rest of its cooldown
+        (unless one is already open there: NX keeps it, as for a circuit opened with Redis up)."""
+        key = _BREAKER + self.name
+        self.unsynced = False   # a write that fails below sets it again
+        try:
+            if self.failures:
+                await raise_failures(keys=[key + ":failures"], args=[self.failures, FAILURES_TTL_MS])
+            left = self.open_until - time.monotonic()
+            if left > 0 and await self.health.shared.client.set(
+                    key + ":open", repr(time.time() + left), nx=True, px=max(1, int(left * 1000))):
+                log.warning("circuit for provider '%s', opened while Redis was unreachable, now open for "
+                            "every instance for the rest of its cooldown (%.0fs)", self.name, left)
+        except BaseException:
+            self.unsynced = True
+            raise
+
     async def _write_failure(self, spec: ProviderSpec) -> None:
         shared = self.health.shared
         if not shared.usable():
             self.offline_until = self.open_until
+            self.unsynced = True
             return
         key = _BREAKER + self.name
         try:
@@ -222,6 +253,7 @@ class SharedProviderHealth(ProviderHealth):
         except Exception as exc:
             shared.failed("recording a provider failure", exc)
             self.offline_until = self.open_until
+            self.unsynced = True
             return
         self.failures = max(self.failures, failures)
         now, wall = time.monotonic(), time.time()
