@@ -3,6 +3,8 @@ primary loses to the fast second after the delay and its connection is closed; a
 wins alone; a stream is decided at its first event; the metrics and the access log show it."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from openai import OpenAI
 
@@ -15,7 +17,7 @@ DELAY_MS = 300
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     a, b = start_upstream(), start_upstream()
-    text = (f'provider a {{ url "{a.url}" }}\nprovider b {{ url "{b.url}" }}\n'
+    text = (f'provider a {{\n url "{a.url}"\n price m input 2 output 8\n}}\nprovider b {{ url "{b.url}" }}\n'
             f'rule hedged {{ when model == "h" route hedge [a/m, b/m] after {DELAY_MS}ms }}\n'
             'rule p95 { when model == "p" route hedge [a/m, b/m] after p95 }\n'
             'rule nested { route fallback [hedge [a/m, b/m] after 5s, b/m] }\n')
@@ -52,7 +54,12 @@ def test_a_slow_primary_loses_to_the_second_and_its_connection_is_closed(ups):
     wait_until(lambda: a.stats()["cancelled"] == 1, 10, what="the primary's call to be cancelled")
     assert metric(gw, 'edgerules_hedged_total{outcome="won"}') == won + 1
     assert metric(gw, 'edgerules_hedged_total{outcome="cancelled"}') == cancelled + 1
-    gw.wait_for_output('"hedged":["a/m"]')
+    # The access log shows the cancelled attempt and what its prompt costs (providers bill the input).
+    line = gw.wait_for_output('"hedged":[{"route":"a/m"').splitlines()
+    entry = json.loads(next(text[text.index("{"):] for text in line if '"hedged"' in text))
+    (hedged,) = entry["hedged"]
+    assert hedged["prompt_tokens"] > 0 and hedged["cost"] == pytest.approx(hedged["prompt_tokens"] * 2 / 1e6)
+    assert entry["attempts"] == 2 and entry["route"] == "b/m"
 
 
 def test_a_fast_primary_wins_without_starting_the_second(ups):

@@ -10,10 +10,13 @@ closes its upstream connection. Extra lanes draw on the retry budget when the po
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import TYPE_CHECKING
 
 from starlette.responses import Response
+
+from ..lang.schema import estimate_tokens
 
 if TYPE_CHECKING:
     from .router import HedgePlan
@@ -138,3 +141,40 @@ def _retrieve(task: asyncio.Task) -> None:
     """A cancelled lane may still have failed first: its error is not the request's."""
     if not task.cancelled():
         task.exception()
+
+
+# ---- what the cancelled attempts cost ----------------------------------------------------------
+
+def hedged_attempts(call) -> list[dict]:
+    """Each cancelled hedge attempt as the access log shows it: its route, the prompt it was sent
+    (estimated: a cancelled call returns no usage) and that prompt's price when the model has one.
+    Providers bill the input they read, so a hedged request may be paid more than once."""
+    prompt = estimate_tokens(call.body)
+    out = []
+    for route in call.hedged or ():
+        price = _input_price(call, route)
+        out.append({"route": route, "prompt_tokens": prompt,
+                    "cost": round(prompt * price / 1_000_000, 10) if price is not None else None})
+    return out
+
+
+def hedged_spent(call, kind: str, nano_per_price: float) -> int:
+    """What the cancelled attempts add to a token or cost limit's hold (in its units)."""
+    if not call.hedged or kind not in ("tokens", "cost"):
+        return 0
+    prompt = estimate_tokens(call.body)
+    if kind == "tokens":
+        return prompt * len(call.hedged)
+    total = 0
+    for route in call.hedged:
+        price = _input_price(call, route)
+        if price is not None:
+            total += math.ceil(prompt * price * nano_per_price)
+    return total
+
+
+def _input_price(call, route: str) -> float | None:
+    provider_name, _, model = route.partition("/")
+    provider = call.live.providers.get(provider_name)
+    price = provider.spec.price(model) if provider is not None else None
+    return price.input if price is not None else None

@@ -16,6 +16,7 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from ..lang.schema import estimate_tokens
+from .hedge import hedged_spent
 from ..lang.spec import LimitSpec, target_leaves
 from .errors import GatewayError
 from .memstore import DequeMemoryStorage
@@ -223,6 +224,8 @@ class Limiter:
         spent_nothing = call.status != 200 or call.cache in ("HIT", "HIT-SEMANTIC")
         for hold in holds:
             actual = 0 if spent_nothing else self.spent(call, hold)
+            if call.hedged and not spent_nothing:   # the prompts of the hedge attempts cancelled
+                actual = min(actual + hedged_spent(call, hold.spec.kind, _NANO_PER_PRICE), MAX_UNITS)
             if actual > hold.amount:
                 await self.storage.incr(hold.key, hold.window.get_expiry(), amount=actual - hold.amount)
             elif actual < hold.amount:

@@ -16,6 +16,7 @@ from .auth import KeyRing
 from .metrics import Metrics
 from .providers import Provider, build_provider
 from .keypool import bind_pools
+from .hedge import hedged_attempts
 from .retrybudget import RetryBudgets
 from .router import Health
 
@@ -224,7 +225,7 @@ class Gateway:
         if call.error:
             entry["error"] = call.error
         if call.hedged:   # hedge attempts cancelled by a faster one: started, so maybe paid (their prompt)
-            entry["hedged"] = call.hedged
+            entry["hedged"] = hedged_attempts(call)
         if level == "full":
             entry["request"] = call.body
         try:
