@@ -155,7 +155,14 @@ def cmd_eval(args) -> int:
     except ValueError as exc:
         print(f"edgerules eval: bad request: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(decision.to_dict(), indent=2))
+    out = decision.to_dict()
+    if decision.route is not None:   # the key pools of the providers it may go to
+        from .lang.spec import target_leaves
+        pools = {leaf.provider: spec.pool_to_dict() for leaf in target_leaves(decision.route)
+                 if (spec := policy.providers.get(leaf.provider)) is not None and spec.key_pool}
+        if pools:
+            out["key_pools"] = pools
+    print(json.dumps(out, indent=2))
     return 0
 
 

@@ -4,6 +4,7 @@ request, every key cooling makes the provider unavailable (fallbacks go on), eac
 hold, and no key shows in an answer, a log line, the metrics or the admin view."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import openai
@@ -173,3 +174,15 @@ def test_a_pool_on_the_echo_format_picks_and_counts_offline(gw):
     metrics = gw.http.get("/metrics").text
     assert 'edgerules_pool_key_calls_total{provider="offline",pool_key="one",outcome="ok"} 1' in metrics
     assert 'edgerules_pool_key_calls_total{provider="offline",pool_key="two",outcome="ok"} 2' in metrics
+
+
+def test_eval_shows_the_pool_of_the_route_without_its_keys(up, tmp_path):
+    path = tmp_path / "p.rules"
+    path.write_text(POLICY.replace("{url}", up.url))
+    out = subprocess.run([EDGERULES, "eval", str(path)], input='{"model": "lim", "messages": []}',
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **KEYS})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["key_pools"] == {"lim": {"pick": "round_robin", "keys": [
+        {"name": "small", "limits": {"requests": {"amount": 2, "window": 60.0}}},
+        {"name": "big", "limits": {}}]}}
+    assert_no_key(out.stdout)

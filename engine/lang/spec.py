@@ -72,6 +72,13 @@ class ProviderSpec:
                 return price
         return None
 
+    def pool_to_dict(self) -> dict:
+        """The key pool as `edgerules eval` shows it: names, limits and strategy, never a key."""
+        def limits(key: PoolKey) -> dict:
+            return {kind: {"amount": value[0], "window": value[1]}
+                    for kind, value in (("requests", key.requests), ("tokens", key.tokens)) if value}
+        return {"pick": self.key_pick, "keys": [{"name": k.name, "limits": limits(k)} for k in self.key_pool]}
+
     def client_identity(self) -> tuple:
         """What a pooled upstream client depends on; a change means a new client."""
         return (self.format, self.url, self.api_key, self.headers, self.api_version, self.deployment,
