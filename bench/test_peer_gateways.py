@@ -113,7 +113,7 @@ def test_render_gives_one_row_a_target_in_order_with_ratios_to_direct():
                        "| edgerules serve, guards + limit by key + alias with retries and fallback",
                        "| LiteLLM proxy 1.2.3 (1 worker)"]
     assert "| 0.250x | +0.50 | +1.00 | 2,500 |" in lines[4]
-    assert "| 0.002x | +49.90 | +89.70 | 20 |" in lines[5]
+    assert "| 0.0020x | +49.90 | +89.70 | 20.0 |" in lines[5]
     assert table.rstrip().endswith("portkey skipped: node is not installed")
 
 

@@ -394,6 +394,24 @@ def warm(url: str, body: str, headers: dict, count: int = 20) -> dict[str, str]:
     return shown
 
 
+def settle(pid: int, quiet: float = 0.3, timeout: float = 30.0) -> bool:
+    """Wait until the process has (nearly) stopped using CPU for `quiet` seconds, at most
+    `timeout`. A server slower than the load keeps working through the requests wrk abandoned
+    when it stopped; measuring the next target (or the next run of this one) before that backlog
+    is gone would charge it to them (LiteLLM at 32 connections is seconds behind)."""
+    deadline = time.monotonic() + timeout
+    last = gb._cpu_seconds(pid)
+    if last is None:
+        return False
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = gb._cpu_seconds(pid)
+        if now is None or now - last <= 0.1 * quiet:
+            return True
+        last = now
+    return False
+
+
 # ---- the run ----------------------------------------------------------------------------------
 
 def run(peers=PEERS, seconds: float = 3.0, connections=CONNECTIONS, max_requests: int | None = None,
@@ -415,8 +433,10 @@ def run(peers=PEERS, seconds: float = 3.0, connections=CONNECTIONS, max_requests
                     # at this concurrency, long enough for node's JIT to settle (Portkey doubles
                     # its throughput over its first few thousand requests)
                     load(url, BODY, headers, conns, max(1.0, seconds / 2))
+                    settle(pid)
                 cpu0 = gb._cpu_seconds(pid)
                 r = load(url, BODY, headers, conns, seconds, max_requests)
+                settle(pid)   # its CPU per request includes finishing the requests wrk left behind
                 cpu1 = gb._cpu_seconds(pid)
                 n = r.get("requests") or r["rps"] * seconds
                 cpu = (cpu1 - cpu0) / n * 1e6 if cpu0 is not None and cpu1 is not None and n else None
@@ -479,9 +499,10 @@ def render(result: dict) -> str:
                 continue
             errors += r["errors"]
             direct = target == "direct"
-            cells += ["1.00x" if direct else _num(r["x_direct"], "{:.3f}x"),
+            cells += ["1.00x" if direct else _ratio(r["x_direct"]),
                       "-" if direct else _num(r["added_p50_ms"], "{:+.2f}"),
-                      "-" if direct else _num(r["added_p99_ms"], "{:+.2f}"), f"{r['rps']:,.0f}"]
+                      "-" if direct else _num(r["added_p99_ms"], "{:+.2f}"),
+                      f"{r['rps']:,.0f}" if r["rps"] >= 100 else f"{r['rps']:.1f}"]
         last = by.get((target, conns[-1]))
         cells += [_num(last and last.get("cpu_us"), "{:.0f}"), str(errors)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -492,6 +513,10 @@ def render(result: dict) -> str:
     for name, why in result.get("skipped", {}).items():
         lines.append(f"\n{name} skipped: {why.splitlines()[0] if why else ''}")
     return "\n".join(lines)
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.3f}x" if value >= 0.01 else f"{value:.4f}x"
 
 
 def _num(value, fmt: str) -> str:
