@@ -47,6 +47,21 @@ class Shared:
             log.error("shared state (Redis) failed while %s: %s; serving with local state", what, exc)
         self.down_until = time.monotonic() + QUIET_AFTER_ERROR
 
+    async def prepare(self, limits_storage=None) -> None:
+        """Find a Redis Cluster's nodes before the first request. redis-py (8.1) discovers them on
+        first use, and a burst of first commands on uvloop then fails some with a closed transport
+        (a RuntimeError, seen as a 500 from the limiter); one discovery up front avoids it. Both
+        clients are prepared: ours, and the `limits` library's own (it cannot share a cluster
+        client). An unreachable cluster delays the start by the connect timeouts and is logged."""
+        if not self.cluster:
+            return
+        try:
+            await self.client.initialize()
+            if limits_storage is not None and not await limits_storage.check():
+                raise ConnectionError("no answer to PING")
+        except Exception as exc:
+            log.warning("shared state (Redis Cluster) not reachable at start: %s; retrying on first use", exc)
+
     async def close(self) -> None:
         try:
             await self.client.aclose()

@@ -1,0 +1,188 @@
+"""`--state` on a Redis Sentinel and on a Redis Cluster: each real topology (started here) shared by two
+`edgerules serve` processes: one limit admits exactly N across both, a cached answer stored by one is a
+HIT on the other, a circuit opened by one is open on the other."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from gw import start_gateway
+from procs import Process, free_port, skip_or_fail_in_ci, start_upstream, wait_until
+
+POLICY = """
+provider up { url "{good}" }
+provider flaky {
+    url "{bad}"
+    cooldown 10m after 2 failures
+}
+
+rule exact    { when header("x-test") == "exact"    limit requests 12 per 10m }
+rule cached   { when header("x-test") == "cache"    cache ttl 10m }
+rule breaker  { when header("x-test") == "breaker"  route fallback [flaky/m, up/m] }
+rule everything { route up/m }
+"""
+SERVICE = "edgerules"
+
+
+class RedisServer:
+    """One redis-server (or sentinel) on a free port, in its own directory, stopped by its PID."""
+
+    def __init__(self, *args: str, sentinel_of: int | None = None):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            skip_or_fail_in_ci("redis-server is not installed, so Redis Sentinel and Cluster are not tested")
+        self.port, self.dir = free_port(), tempfile.mkdtemp(prefix="edgerules-redis-")
+        if sentinel_of is not None:
+            # Sentinel rewrites its configuration file, so it gets one of its own.
+            conf = f"{self.dir}/sentinel.conf"
+            with open(conf, "w") as f:
+                f.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                        f"sentinel monitor {SERVICE} 127.0.0.1 {sentinel_of} 1\n")
+            argv = [binary, conf, "--sentinel"]
+        else:
+            argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.dir,
+                    "--save", "", "--appendonly", "no", *args]
+        log = tempfile.TemporaryFile()
+        self.proc = Process(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, cwd=self.dir), log)
+
+    def ask(self, *command: str):
+        """One command over a fresh connection; None while the server is not answering yet."""
+        import redis
+
+        assert self.proc.running(), self.proc.output()
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, decode_responses=True)
+        try:
+            return client.execute_command(*command)
+        except redis.ConnectionError:
+            return None
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        self.proc.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_sentinel(servers: list) -> str:
+    master = RedisServer()
+    servers.append(master)
+    wait_until(lambda: master.ask("PING"), 10, what="the master redis-server")
+    sentinel = RedisServer(sentinel_of=master.port)
+    servers.append(sentinel)
+    wait_until(lambda: sentinel.ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE), 10,
+               what="redis sentinel to know its master")
+    return f"redis+sentinel://127.0.0.1:{sentinel.port}/{SERVICE}"
+
+
+def start_cluster(servers: list) -> str:
+    nodes = []
+    for _ in range(3):
+        # The cluster bus port is named, not derived (port + 10000 may be taken or out of range).
+        node = RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                           "--cluster-port", str(free_port()))
+        servers.append(node)
+        nodes.append(node)
+    for node in nodes:
+        wait_until(lambda: node.ask("PING"), 10, what="a cluster node")
+    addresses = [f"127.0.0.1:{n.port}" for n in nodes]
+    created = subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0",
+                              "--cluster-yes"], capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stdout + created.stderr
+    for node in nodes:
+        wait_until(lambda: "cluster_state:ok" in (node.ask("CLUSTER", "INFO") or ""), 30,
+                   what="every cluster node to report the cluster ok")
+    return "redis+cluster://" + ",".join(addresses)
+
+
+@pytest.fixture(scope="module")
+def bad():
+    with start_upstream() as up:
+        up.control(status=503)
+        yield up
+
+
+@pytest.fixture(scope="module", params=["sentinel", "cluster"])
+def pair(request, upstream, bad, tmp_path_factory):
+    """Two gateways on one Redis topology (the servers are started here and stopped after the module)."""
+    if shutil.which("redis-cli") is None:
+        skip_or_fail_in_ci("redis-cli is not installed, so Redis Sentinel and Cluster are not tested")
+    servers, gateways = [], []
+    try:
+        uri = (start_sentinel if request.param == "sentinel" else start_cluster)(servers)
+        text = POLICY.replace("{good}", upstream.url).replace("{bad}", bad.url)
+        dirs = [tmp_path_factory.mktemp(request.param + name) for name in ("a", "b")]
+        with ThreadPoolExecutor(2) as pool:   # both start at once: most of the module's time is start-up
+            starts = [pool.submit(start_gateway, text, d, "--no-watch", "--state", uri, timeout=60) for d in dirs]
+        gateways.extend(start.result() for start in starts if start.exception() is None)
+        for start in starts:
+            start.result()   # the first start-up failure, once every gateway that started is listed to stop
+        yield gateways
+    finally:
+        for process in gateways + servers:
+            process.stop()
+
+
+def tails(gateways) -> str:
+    return "\n".join(gw.output()[-4000:] for gw in gateways)
+
+
+def chat(gw, test: str, content: str = "hello", **fields) -> httpx.Response:
+    body = {"model": "m", "messages": [{"role": "user", "content": content}], **fields}
+    return gw.post("/v1/chat/completions", json=body, headers={"x-test": test})
+
+
+async def crowd(gateways, test: str, n: int) -> list[httpx.Response]:
+    """n requests at once, spread over the gateways in turn."""
+    limits = httpx.Limits(max_connections=n + 10)
+    clients = [httpx.AsyncClient(base_url=g.url, limits=limits, timeout=60, trust_env=False) for g in gateways]
+    body = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+    try:
+        return await asyncio.gather(*(clients[i % len(clients)].post(
+            "/v1/chat/completions", json=body, headers={"x-test": test}) for i in range(n)))
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def test_one_limit_admits_exactly_n_across_both(pair):
+    responses = asyncio.run(crowd(pair, "exact", 36))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 12 and statuses.count(429) == 24, (statuses, tails(pair))
+    for gw in pair:
+        assert chat(gw, "exact").status_code == 429
+
+
+def test_an_answer_cached_by_one_is_a_hit_on_the_other(pair, upstream):
+    first, second = pair
+    content = f"question {uuid.uuid4().hex[:8]}"
+    before = upstream.stats()["chat"]
+    miss = chat(first, "cache", content)
+    assert miss.status_code == 200 and miss.headers["x-edgerules-cache"] == "MISS", miss.text
+    hit = chat(second, "cache", content)
+    assert hit.status_code == 200 and hit.headers["x-edgerules-cache"] == "HIT"
+    assert hit.json() == miss.json()
+    streamed = chat(second, "cache", content, stream=True)   # replayed from the stored answer
+    assert streamed.headers["x-edgerules-cache"] == "HIT" and streamed.text.endswith("data: [DONE]\n\n")
+    assert upstream.stats()["chat"] == before + 1
+
+
+def test_a_circuit_opened_by_one_is_open_on_the_other(pair, bad):
+    first, second = pair
+    for _ in range(2):   # two failures open flaky's circuit; the fallback answers meanwhile
+        resp = chat(first, "breaker")
+        assert resp.status_code == 200 and resp.headers["x-edgerules-route"] == "up/m"
+    wait_until(lambda: 'edgerules_provider_open{provider="flaky"} 1' in second.http.get("/metrics").text, 30,
+               what="the second gateway to see flaky's circuit open")
+    before = bad.stats()["chat"]
+    resp = chat(second, "breaker")
+    assert resp.status_code == 200 and resp.headers["x-edgerules-route"] == "up/m"
+    assert resp.headers["x-edgerules-attempts"] == "1"
+    assert bad.stats()["chat"] == before   # the open circuit skipped flaky without calling it
