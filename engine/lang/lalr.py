@@ -16,7 +16,7 @@ general way, which gives the exact diagnostics of before.
 from __future__ import annotations
 
 from lark import Lark, Token, Tree
-from lark.parse_tree_builder import ParseTreeBuilder
+from lark.parse_tree_builder import ChildFilterLALR, ChildFilterLALR_NoPlaceholders, maybe_create_child_filter
 from lark.parsers.lalr_analysis import Shift
 
 from . import ast
@@ -36,19 +36,27 @@ class _Meta:
         self.empty = False
 
 
+_new_token = Token._future_new.__func__   # Token() without its keyword-deprecation shim
+
+
 class FastParser:
     """Built once from the Lark parser (grammar analysis, lexers); parse() is thread-safe."""
 
     def __init__(self, lark: Lark, max_depth: int):
         frontend = lark.parser
         table = frontend.parser._parse_table
-        self.states = table.states
+        self.rules = list(lark.rules)
+        index = {rule: i for i, rule in enumerate(self.rules)}
+        # One int per action, keyed by plain str (Lark's keys and rule names are Tokens, whose
+        # __eq__ is Python code): a shift to state s is s, a reduction by rule i is -1 - i.
+        self.states = {state: {str(name): (arg if action is Shift else -1 - index[arg])
+                               for name, (action, arg) in row.items()}
+                       for state, row in table.states.items()}
         self.start_state = table.start_states["start"]
         self.end_state = table.end_states["start"]
         self.max_depth = max_depth
-        self.builder = ParseTreeBuilder(lark.rules, Tree, False, False, lark.options.maybe_placeholders)
-        self.names = {rule: rule.alias or rule.options.template_source or rule.origin.name
-                      for rule in lark.rules}
+        self.filters = [(len(rule.expansion), *_child_filter(rule, lark.options.maybe_placeholders), str(rule.origin.name))
+                        for rule in self.rules]
         self.lexers = {}   # parser state -> (match, unless callbacks, newline types, ignored types)
         for state, basic in frontend.lexer.lexers.items():
             scanner = basic.scanner
@@ -58,17 +66,16 @@ class FastParser:
 
     def parse(self, text: str, file: str) -> ast.Program | None:
         """The AST of one file, or None: parse it the general way."""
-        callbacks, current = self._callbacks(file)
+        tokens: list[Token] = []
+        span = [0]   # index in tokens of the first token of the reduction being built
         try:
-            return self._run(text, callbacks, current)
+            return self._run(text, self._reductions(file, tokens, span), tokens, span)
         except Exception:   # a shape this loop does not know: the general path decides
             return None
 
-    def _callbacks(self, file: str):
-        """Lark's child filters around AstBuilder's methods for this file. `current` holds the
-        first and last token of the reduction being built, for the methods that take a meta."""
+    def _reductions(self, file: str, tokens: list, span: list) -> list[tuple]:
+        """Per rule: (its length, its child filter around AstBuilder's method, its name)."""
         builder = AstBuilder(file)
-        current = [None, None]
 
         def user(name: str):
             method = getattr(builder, name, None)
@@ -77,23 +84,19 @@ class FastParser:
             wrapper = getattr(method, "visit_wrapper", None)
             if wrapper is None:
                 return method
-            return lambda children: wrapper(method, name, children, _Meta(current[0], current[1]))
+            return lambda children: wrapper(method, name, children, _Meta(tokens[span[0]], tokens[-1]))
 
-        funcs = {name: user(name) for name in set(self.names.values())}
-        callbacks = {}
-        for rule, chain in self.builder.rule_builders:
-            f = funcs[self.names[rule]]
-            for wrap in chain:
-                f = wrap(f)
-            callbacks[rule] = f
-        return callbacks, current
+        users = {}
+        return [(n, make(users[name] if name in users else users.setdefault(name, user(name))), origin)
+                for n, make, name, origin in self.filters]
 
-    def _run(self, text: str, callbacks: dict, current: list):
+    def _run(self, text: str, reductions: list, tokens: list, span: list):
         states, lexers, end_state, max_depth = self.states, self.lexers, self.end_state, self.max_depth
-        state_stack = [self.start_state]
-        values, firsts, lasts = [], [], []   # per stack entry: value, first and last token (None: empty)
+        new_token, shifted = _new_token, tokens.append
+        # Per stack entry: parser state, value, and the index of its first token (an entry that
+        # spans no token starts where the next one does, so a reduction starts at its first entry's).
+        state_stack, values, starts = [self.start_state], [], []
         pos, line, line_start, size = 0, 1, 0, len(text)
-        token_type = None
         while True:
             if pos < size:
                 match, unless, newline_types, ignore_types = lexers[state_stack[-1]]
@@ -101,8 +104,7 @@ class FastParser:
                 if m is None:
                     return None
                 value, token_type = m.group(0), m.lastgroup
-                start, column = pos, pos - line_start + 1
-                token_line = line
+                start, token_line, column = pos, line, pos - line_start + 1
                 if token_type in newline_types:
                     newlines = value.count("\n")
                     if newlines:
@@ -111,48 +113,80 @@ class FastParser:
                 pos += len(value)
                 if token_type in ignore_types:
                     continue
-                token = Token(token_type, value, start, token_line, column, line, pos - line_start + 1, pos)
+                token = new_token(Token, token_type, value, start, token_line, column, line,
+                                  pos - line_start + 1, pos)
                 if token_type in unless:
                     token = unless[token_type](token)
                     token_type = token.type
                 if (token_type == "NUMBER" or token_type == "DURATION") and len(value) > LONG_NUMBER:
                     return None
             else:
-                token = None
-                token_type = "$END"
+                token, token_type = None, "$END"
             while True:
-                action, arg = states[state_stack[-1]][token_type]
-                if action is Shift:
-                    if token is None:
+                action = states[state_stack[-1]][token_type]
+                if action >= 0:   # shift
+                    if token is None or len(state_stack) > max_depth:
                         return None
-                    state_stack.append(arg)
+                    state_stack.append(action)
                     values.append(token)
-                    firsts.append(token)
-                    lasts.append(token)
-                    if len(state_stack) > max_depth:
-                        return None
+                    starts.append(len(tokens))
+                    shifted(token)
                     break
-                n = len(arg.expansion)
-                first = last = None
+                n, callback, origin = reductions[-1 - action]
                 if n:
+                    first = span[0] = starts[-n]
                     children = values[-n:]
-                    for f in firsts[-n:]:
-                        if f is not None:
-                            first = f
-                            break
-                    for f in reversed(lasts[-n:]):
-                        if f is not None:
-                            last = f
-                            break
-                    del state_stack[-n:], values[-n:], firsts[-n:], lasts[-n:]
+                    del state_stack[-n:], values[-n:], starts[-n:]
                 else:
+                    first = span[0] = len(tokens)
                     children = []
-                current[0], current[1] = first, last
-                value = callbacks[arg](children)
-                _, goto = states[state_stack[-1]][arg.origin.name]
+                value = callback(children)
+                goto = states[state_stack[-1]][origin]
                 state_stack.append(goto)
                 values.append(value)
-                firsts.append(first)
-                lasts.append(last)
+                starts.append(first)
                 if token is None and goto == end_state:
                     return values[-1]
+
+
+def _child_filter(rule, placeholders: bool):
+    """(make, name): make(user) is Lark's child filter for RULE, written out as one expression
+    (`user([c[1], None] + c[3])`), and name the method it calls. An inlined `_rule` builds no
+    Tree: its value is its children's list, spliced into its parent's."""
+    name = rule.alias or rule.options.template_source or rule.origin.name
+    inlined = str(rule.origin.name).startswith("_")
+    if inlined and name != rule.origin.name:
+        raise ValueError("an inlined rule with an alias")
+    empty = rule.options.empty_indices if placeholders else None
+    made = maybe_create_child_filter(rule.expansion, rule.options.keep_all_tokens, False, empty)
+    if made is None:
+        include, trailing = [(i, False, 0) for i in range(len(rule.expansion))], 0
+    elif made.func is ChildFilterLALR:
+        include, trailing = made.args
+    elif made.func is ChildFilterLALR_NoPlaceholders:
+        include, trailing = [(i, x, 0) for i, x in made.args[0]], 0
+    else:
+        raise ValueError(f"an unknown child filter {made.func!r}")
+    parts, items = [], []
+    for i, expand, nones in include:
+        items += ["None"] * nones
+        if expand:
+            if items:
+                parts.append("[" + ", ".join(items) + "]")
+                items = []
+            parts.append(f"c[{i}]")
+        else:
+            items.append(f"c[{i}]")
+    items += ["None"] * trailing
+    if items or not parts:
+        parts.append("[" + ", ".join(items) + "]")
+    children = " + ".join(parts)
+    if inlined:
+        body = children
+    elif rule.options.expand1 and not rule.alias:
+        body = f"(k[0] if len(k := {children}) == 1 else user(k))"
+    else:
+        body = f"user({children})"
+    namespace: dict = {}
+    exec(f"def make(user):\n    def reduce(c):\n        return {body}\n    return reduce", namespace)
+    return namespace["make"], name
