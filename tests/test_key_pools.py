@@ -5,6 +5,7 @@ hold, and no key shows in an answer, a log line, the metrics or the admin view."
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import openai
@@ -12,9 +13,10 @@ import pytest
 
 from gw import start_gateway
 from procs import EDGERULES, start_upstream
+from test_limits import start_redis
 
-KEYS = {f"POOL_K{i}": f"sk-pool-key-{i}-{'x' * 20}" for i in range(1, 11)}
-K = {i: KEYS[f"POOL_K{i}"] for i in range(1, 11)}
+KEYS = {f"POOL_K{i}": f"sk-pool-key-{i}-{'x' * 20}" for i in range(1, 13)}
+K = {i: KEYS[f"POOL_K{i}"] for i in range(1, 13)}
 
 POLICY = """
 provider cool {
@@ -55,6 +57,11 @@ provider offline {
     api_key ["label-one" as one limit requests 1 per 1m, "label-two" as two] pick round_robin
 }
 rule offline { when model == "offline" route offline/echo }
+provider shared {
+    url "{url}"
+    api_key [env("POOL_K11") limit requests 2 per 1m, env("POOL_K12")] pick round_robin
+}
+rule shared { when model == "shared" route shared/m }
 rule room  { when model == "room" route room/m }
 rule echoed { when model == "echoed" route echoed/m }
 """
@@ -67,9 +74,21 @@ def up():
 
 
 @pytest.fixture(scope="module")
-def gw(up, tmp_path_factory):
+def state():
+    """The gateway's state storage: Redis where it is installed (as in CI), so the key limits are
+    tested on the shared backend; else memory."""
+    if shutil.which("redis-server") is None:
+        yield "memory://"
+        return
+    proc, uri = start_redis()
+    yield uri
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(up, state, tmp_path_factory):
     proc = start_gateway(POLICY.replace("{url}", up.url), tmp_path_factory.mktemp("pools"), "--no-watch",
-                         env=KEYS)
+                         "--state", state, env=KEYS)
     yield proc
     proc.stop()
 
@@ -186,3 +205,15 @@ def test_eval_shows_the_pool_of_the_route_without_its_keys(up, tmp_path):
         {"name": "small", "limits": {"requests": {"amount": 2, "window": 60.0}}},
         {"name": "big", "limits": {}}]}}
     assert_no_key(out.stdout)
+
+
+def test_a_keys_limit_is_shared_by_every_gateway_on_one_redis(up, gw, state, tmp_path):
+    if not state.startswith("redis://"):
+        pytest.skip("redis-server is not installed")
+    # A second gateway on the same Redis: the first key's 2 requests a minute are counted once for
+    # both (each gateway alone would give it its turns 1 and 3: 4 in all).
+    other = start_gateway(POLICY.replace("{url}", up.url), tmp_path, "--no-watch", "--state", state, env=KEYS)
+    with other:
+        statuses = [g.chat("shared").status_code for g in (gw, other, gw, other, gw, other)]
+    assert statuses == [200] * 6
+    assert (seen(up, 11), seen(up, 12)) == (2, 4)
