@@ -305,6 +305,28 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 # ---- app ---------------------------------------------------------------------------------------
 
+class GatewayApp(Starlette):
+    """Starlette, with a POST to a model endpoint handed straight to its handler: its middleware and
+    router cost ~12-15 µs a request (a tenth of what the gateway adds over a bare pass-through),
+    and these handlers answer every error themselves. Everything else goes through Starlette."""
+
+    hot: dict = {}   # path -> handler; empty when middleware must see every request
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            handler = self.hot.get(scope["path"])
+            if handler is not None:
+                scope["app"] = self
+                request = Request(scope, receive, send)
+                try:
+                    response = await handler(request)
+                except Exception as exc:   # as ServerErrorMiddleware and _server_error would answer
+                    response = await _server_error(request, exc)
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(rules: str | None = None, *, state_uri: str | None = None, max_body: int | None = None,
                watch: bool | None = None) -> Starlette:
     from . import settings, workers
@@ -402,8 +424,11 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         Route("/admin/limits", _admin(observe_admin.limits), methods=["GET"]),
     ]
     middleware = [Middleware(workers.WorkerHeader)] if fanout_dir else None
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
-                    exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    app = GatewayApp(routes=routes, lifespan=lifespan, middleware=middleware,
+                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    if middleware is None:
+        app.hot = {"/v1/chat/completions": chat_completions, "/v1/embeddings": embeddings,
+                   "/v1/responses": responses, "/v1/messages": messages, "/v1/completions": completions}
     # A trailing slash is a 404, not a 307 whose Location Starlette builds from the client's Host.
     app.router.redirect_slashes = False
     return app
