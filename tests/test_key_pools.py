@@ -178,13 +178,14 @@ def test_a_pool_whose_keys_are_all_full_answers_429(up, gw):
 def test_check_reports_a_bad_pool_with_positions(tmp_path):
     path = tmp_path / "bad.rules"
     path.write_text('provider p {\n    url "http://127.0.0.1:9/v1"\n'
-                    '    api_key [env("POOL_K1") limit cost 3 per 1m, "sk-written-in-the-file"] pick rotate\n}\n')
+                    '    api_key [env("POOL_K1") limit cost 3 per 1m, "sk-written-in-the-file", ""] pick rotate\n}\n')
     out = subprocess.run([EDGERULES, "check", str(path)], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", **KEYS})
     assert out.returncode != 0
     assert f"{path}:3:29: error[bad-pool-limit]" in out.stderr + out.stdout
     assert "error[bad-pick]: unknown pool strategy 'rotate'" in out.stderr + out.stdout
     assert "warning[literal-secret]" in out.stderr + out.stdout
+    assert "error[empty-pool-key]: key 3 of the api_key pool of provider 'p' is empty" in out.stderr + out.stdout
     assert "sk-written-in-the-file" not in out.stderr + out.stdout
 
 

@@ -135,6 +135,9 @@ class DeclarationChecks:
             secret = self._value(member.value, False, "")   # a literal is warned about in _pooled()
             if member.value.kind == "string" and secret:
                 literal.append((name, member.value.loc))
+            if secret == "":   # an empty key would send every call unauthenticated
+                self.error("empty-pool-key", f"key {name} of the api_key pool of provider '{decl.name}' is empty",
+                           member.value.loc)
             if secret and secret in secrets:
                 self.warn("duplicate-pool-key", f"key {name} of the pool has the same value as key "
                           f"{secrets[secret]}", member.value.loc, hint="each key of a pool should be its own")
