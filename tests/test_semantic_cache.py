@@ -146,3 +146,18 @@ def test_check_refuses_a_bad_semantic_cache(tmp_path):
     assert out.returncode != 0
     assert f"{path}:3:25: error[semantic-threshold]" in out.stderr
     assert f"{path}:4:60: error[no-embeddings]: provider 'claude' (anthropic format)" in out.stderr
+
+
+def test_eval_shows_and_fmt_keeps_the_semantic_cache(tmp_path):
+    path = tmp_path / "p.rules"
+    path.write_text('provider demo { format echo }\nrule faq { when model == "faq"\n'
+                    '  cache   semantic 0.90  ttl 1h using demo/text-embedding-3-small   by key shared\n'
+                    '  route demo/echo }\n')
+    out = subprocess.run([EDGERULES, "eval", str(path)], input='{"model": "faq", "messages": []}',
+                         capture_output=True, text=True)
+    cache = json.loads(out.stdout)["cache"]
+    assert cache["semantic"] == {"threshold": 0.9, "using": "demo/text-embedding-3-small"}
+    assert cache["shared"] is True and cache["ttl"] == 3600
+    assert subprocess.run([EDGERULES, "fmt", str(path)], capture_output=True).returncode == 0
+    assert "    cache semantic 0.90 ttl 1h using demo/text-embedding-3-small by key shared\n" in path.read_text()
+    assert subprocess.run([EDGERULES, "check", str(path)], capture_output=True).returncode == 0
