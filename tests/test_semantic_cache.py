@@ -161,3 +161,25 @@ def test_eval_shows_and_fmt_keeps_the_semantic_cache(tmp_path):
     assert subprocess.run([EDGERULES, "fmt", str(path)], capture_output=True).returncode == 0
     assert "    cache semantic 0.90 ttl 1h using demo/text-embedding-3-small by key shared\n" in path.read_text()
     assert subprocess.run([EDGERULES, "check", str(path)], capture_output=True).returncode == 0
+
+
+def test_the_index_is_bounded_expires_and_drops_the_least_recently_used():
+    import numpy as np
+    from edgerules.gateway.semantic import VectorIndex
+
+    def unit(i):
+        v = np.zeros(4, np.float32)
+        v[i % 4] = 1.0
+        return v
+
+    index = VectorIndex(4, capacity=3)
+    for i in range(3):
+        index.add(1, unit(i), bytes([i]), expires=100.0, now=float(i))
+    assert index.nearest(1, unit(0), 0.99, now=10.0) == (b"\0", 1.0)   # row 0 is now the most recent
+    assert index.nearest(2, unit(0), 0.99, now=10.0) is None              # another scope
+    index.add(1, unit(3), b"\3", expires=100.0, now=11.0)                 # full: row 1 goes (least recent)
+    assert len(index) == 3 and index.nearest(1, unit(1), 0.99, now=12.0) is None
+    assert index.nearest(1, unit(3), 0.99, now=12.0)[0] == b"\3"
+    assert index.nearest(1, unit(0), 0.99, now=100.0) is None             # expired with its ttl
+    index.remove(b"\3")
+    assert len(index) == 2 and index.nearest(1, unit(3), 0.99, now=12.0) is None

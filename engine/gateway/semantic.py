@@ -94,7 +94,7 @@ class VectorIndex:
         row = self.slots.get(key)
         if row is None:
             row = self._take(now)
-            self.slots[key], self.keys[row] = key, key
+            self.slots[key], self.keys[row] = row, key
         self.vectors[row] = vector
         self.groups[row], self.expires[row], self.used[row] = group, expires, now
 
