@@ -29,6 +29,7 @@ rule breaker  { when header("x-test") == "breaker"  route fallback [flaky/m, up/
 rule everything { route up/m }
 """
 SERVICE = "edgerules"
+PASSWORD = "s3cret-topology"   # every server asks for it: the URI's password form is tested too
 
 
 class RedisServer:
@@ -43,12 +44,13 @@ class RedisServer:
             # Sentinel rewrites its configuration file, so it gets one of its own.
             conf = f"{self.dir}/sentinel.conf"
             with open(conf, "w") as f:
-                f.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
-                        f"sentinel monitor {SERVICE} 127.0.0.1 {sentinel_of} 1\n")
+                f.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\nrequirepass {PASSWORD}\n"
+                        f"sentinel monitor {SERVICE} 127.0.0.1 {sentinel_of} 1\n"
+                        f"sentinel auth-pass {SERVICE} {PASSWORD}\n")
             argv = [binary, conf, "--sentinel"]
         else:
             argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.dir,
-                    "--save", "", "--appendonly", "no", *args]
+                    "--save", "", "--appendonly", "no", "--requirepass", PASSWORD, "--masterauth", PASSWORD, *args]
         log = tempfile.TemporaryFile()
         self.proc = Process(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, cwd=self.dir), log)
@@ -58,7 +60,8 @@ class RedisServer:
         import redis
 
         assert self.proc.running(), self.proc.output()
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, decode_responses=True)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=PASSWORD, socket_timeout=5,
+                             decode_responses=True)
         try:
             return client.execute_command(*command)
         except redis.ConnectionError:
@@ -79,7 +82,7 @@ def start_sentinel(servers: list) -> str:
     servers.append(sentinel)
     wait_until(lambda: sentinel.ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE), 10,
                what="redis sentinel to know its master")
-    return f"redis+sentinel://127.0.0.1:{sentinel.port}/{SERVICE}"
+    return f"redis+sentinel://:{PASSWORD}@127.0.0.1:{sentinel.port}/{SERVICE}"
 
 
 def start_cluster(servers: list) -> str:
@@ -93,13 +96,13 @@ def start_cluster(servers: list) -> str:
     for node in nodes:
         wait_until(lambda: node.ask("PING"), 10, what="a cluster node")
     addresses = [f"127.0.0.1:{n.port}" for n in nodes]
-    created = subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0",
-                              "--cluster-yes"], capture_output=True, text=True, timeout=60)
+    created = subprocess.run(["redis-cli", "--no-auth-warning", "-a", PASSWORD, "--cluster", "create", *addresses,
+                              "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=60)
     assert created.returncode == 0, created.stdout + created.stderr
     for node in nodes:
         wait_until(lambda: "cluster_state:ok" in (node.ask("CLUSTER", "INFO") or ""), 30,
                    what="every cluster node to report the cluster ok")
-    return "redis+cluster://" + ",".join(addresses)
+    return f"redis+cluster://:{PASSWORD}@" + ",".join(addresses)
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +189,9 @@ def test_a_circuit_opened_by_one_is_open_on_the_other(pair, bad):
     assert resp.status_code == 200 and resp.headers["x-edgerules-route"] == "up/m"
     assert resp.headers["x-edgerules-attempts"] == "1"
     assert bad.stats()["chat"] == before   # the open circuit skipped flaky without calling it
+
+
+def test_the_password_in_the_state_uri_is_never_printed(pair):
+    for gw in pair:
+        assert PASSWORD not in gw.output()
+        assert PASSWORD not in gw.http.get("/metrics").text
