@@ -15,8 +15,8 @@ from gw import start_gateway
 from procs import EDGERULES, start_upstream
 from test_limits import start_redis
 
-KEYS = {f"POOL_K{i}": f"sk-pool-key-{i}-{'x' * 20}" for i in range(1, 13)}
-K = {i: KEYS[f"POOL_K{i}"] for i in range(1, 13)}
+KEYS = {f"POOL_K{i}": f"sk-pool-key-{i}-{'x' * 20}" for i in range(1, 15)}
+K = {i: KEYS[f"POOL_K{i}"] for i in range(1, 15)}
 
 POLICY = """
 provider cool {
@@ -62,6 +62,11 @@ provider shared {
     api_key [env("POOL_K11") limit requests 2 per 1m, env("POOL_K12")] pick round_robin
 }
 rule shared { when model == "shared" route shared/m }
+provider most {
+    url "{url}"
+    api_key [env("POOL_K13") as big limit requests 100 per 1m, env("POOL_K14") as small limit requests 4 per 1m]
+}
+rule most  { when model == "most" route most/m }
 rule room  { when model == "room" route room/m }
 rule echoed { when model == "echoed" route echoed/m }
 """
@@ -161,6 +166,13 @@ def test_a_keys_request_limit_sends_the_rest_to_the_other_keys(up, gw):
     for _ in range(6):
         assert gw.chat("lim").status_code == 200
     assert (seen(up, 5), seen(up, 6)) == (2, 4)
+
+
+def test_most_room_sends_each_call_to_the_key_with_the_largest_share_left(up, gw):
+    for _ in range(6):
+        assert gw.chat("most").status_code == 200
+    # Both start whole (a tie: the first in turn); then big's 99/100 beats small's 3/4 every time.
+    assert (seen(up, 13), seen(up, 14)) == (5, 1)
 
 
 def test_a_keys_token_limit_is_counted_from_the_answers_usage(up, gw):

@@ -20,6 +20,7 @@ COOL_401 = 600.0         # a rejected key (401, 403) does not heal soon: a reloa
 MAX_COOL = 3600.0        # an absurd Retry-After is capped
 REFUSALS = frozenset({401, 403, 429})
 STREAM_COMPLETION = 256  # tokens counted for a streamed answer's completion (its usage is not seen here)
+ROOM_REFRESH = 0.25      # seconds between reads of every key's room from the storage (most_room)
 
 
 class KeyPool:
@@ -41,6 +42,11 @@ class KeyPool:
         self.windows = tuple((self._window(k, "requests"), self._window(k, "tokens")) for k in self.keys)
         self.gw = None
         self._own = None
+        # most_room ranks keys by a local copy of their room (share of requests and of tokens
+        # left), read from the storage every ROOM_REFRESH and lowered by this process's own calls
+        # in between: a storage read per key per call cost ~20 us a key.
+        self.rooms = [[1.0, 1.0] for _ in self.keys]
+        self.rooms_at = float("-inf")
 
     def _window(self, key, kind: str) -> tuple[Window, tuple[str, ...]] | None:
         limit = getattr(key, kind)
@@ -81,24 +87,31 @@ class KeyPool:
     async def _take_limited(self, order: list[int]) -> int | None:
         moving, fixed = self._strategies()
         if not self.round_robin:   # most room first; ties keep the rotation, so keys take turns
-            rooms = {i: await self._room(i, moving, fixed) for i in order}
-            order.sort(key=lambda i: -rooms[i])
+            now = time.monotonic()
+            if now - self.rooms_at > ROOM_REFRESH:
+                self.rooms_at = now
+                self.rooms = [await self._room(i, moving, fixed) for i in range(len(self.keys))]
+            rooms = self.rooms
+            order.sort(key=lambda i: -min(rooms[i]))
         for i in order:
             requests, tokens = self.windows[i]
             if tokens is not None and (await fixed.get_window_stats(tokens[0], *tokens[1])).remaining <= 0:
                 continue
-            if requests is not None and not await moving.hit(requests[0], *requests[1]):
-                continue
+            if requests is not None:
+                if not await moving.hit(requests[0], *requests[1]):
+                    self.rooms[i][0] = 0.0
+                    continue
+                self.rooms[i][0] -= 1 / requests[0].amount
             return i
         return None
 
-    async def _room(self, i: int, moving, fixed) -> float:
-        """The share of its limits a key has left (the tightest of them); 1 without limits."""
-        room = 1.0
-        for window, strategy in zip(self.windows[i], (moving, fixed)):
+    async def _room(self, i: int, moving, fixed) -> list[float]:
+        """The share of each of its limits a key has left: [requests, tokens]; 1 without one."""
+        room = [1.0, 1.0]
+        for kind, (window, strategy) in enumerate(zip(self.windows[i], (moving, fixed))):
             if window is not None:
                 stats = await strategy.get_window_stats(window[0], *window[1])
-                room = min(room, max(0, stats.remaining) / window[0].amount)
+                room[kind] = max(0, stats.remaining) / window[0].amount
         return room
 
     # ---- outcomes -----------------------------------------------------------------------
@@ -128,6 +141,7 @@ class KeyPool:
             self.gw.metrics.pool_tokens[(self.provider, self.keys[i].name)] += tokens
         window = self.windows[i][1]
         if window is not None and tokens:
+            self.rooms[i][1] -= tokens / window[0].amount
             try:
                 await self._strategies()[1].hit(window[0], *window[1], cost=tokens)
             except StorageError as exc:
