@@ -4,12 +4,13 @@ wins alone; a stream is decided at its first event; the metrics and the access l
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 from openai import OpenAI
 
 from gw import start_gateway
-from procs import start_upstream, wait_until
+from procs import EDGERULES, start_upstream, wait_until
 
 DELAY_MS = 300
 
@@ -112,3 +113,26 @@ def test_after_p95_waits_for_the_members_recent_latency(ups):
     resp = gw.chat(model="p")
     assert resp.headers["x-edgerules-route"] == "b/m"
     wait_until(lambda: a.stats()["cancelled"] == 1, 10, what="the primary's call to be cancelled")
+
+
+def test_check_eval_and_fmt_know_hedges_and_budgets(tmp_path):
+    bad = tmp_path / "bad.rules"
+    bad.write_text('retry budget 150% min 5/m\nprovider a { format echo }\n'
+                   'rule r { route hedge [a/x] after p100 }\n')
+    out = subprocess.run([EDGERULES, "check", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 1
+    for where in (f"{bad}:1:14: error[retry-budget]", f"{bad}:1:23: error[retry-budget]",
+                  f"{bad}:3:16: error[hedge-members]", f"{bad}:3:34: error[hedge-delay]"):
+        assert where in out.stdout + out.stderr, out.stdout + out.stderr
+    good = tmp_path / "good.rules"
+    good.write_text('provider a { format echo retry budget 10% }\nprovider b { format echo }\n'
+                    'rule r { route fallback [hedge [a/x, b/x] after 250ms, a/y] }\nretry budget 20% min 1/s\n')
+    request = tmp_path / "req.json"
+    request.write_text(json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+    out = subprocess.run([EDGERULES, "eval", str(good), "--request", str(request)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["route"] == {"fallback": [{"hedge": ["a/x", "b/x"], "after": "250ms"}, "a/y"]}
+    out = subprocess.run([EDGERULES, "fmt", str(good)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert good.read_text().splitlines()[-1] == "retry budget 20% min 1/s"
+    assert "    retry budget 10%" in good.read_text()
