@@ -195,3 +195,16 @@ def test_the_password_in_the_state_uri_is_never_printed(pair):
     for gw in pair:
         assert PASSWORD not in gw.output()
         assert PASSWORD not in gw.http.get("/metrics").text
+
+
+def test_a_state_uri_that_cannot_work_is_refused_before_serving(tmp_path):
+    from procs import EDGERULES
+
+    (tmp_path / "policy.rules").write_text("provider demo { format echo }\nrule r { route demo/echo }\n")
+    for uri, says in ((f"redis+sentinel://:{PASSWORD}@127.0.0.1:26379", "needs the service name"),
+                      (f"redis+sentinal://:{PASSWORD}@127.0.0.1:26379/x", "unknown state URI")):
+        done = subprocess.run([EDGERULES, "serve", "--rules", str(tmp_path), "--port", str(free_port()),
+                               "--no-watch", "--state", uri], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert says in done.stderr and "redis+sentinel://[:PASSWORD@]HOST:PORT" in done.stderr
+        assert PASSWORD not in done.stderr and ":***@127.0.0.1" in done.stderr

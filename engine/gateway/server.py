@@ -464,7 +464,7 @@ def configure_logging(level: str) -> None:
 def serve(args) -> int:
     """`edgerules serve`: resolve the settings (flag > environment > default), check, then listen."""
     from . import settings
-    from .shared import is_shared
+    from .shared import check_state_uri, is_shared
 
     try:
         values = settings.resolve(vars(args))
@@ -486,6 +486,9 @@ def serve(args) -> int:
         except PolicyError as exc:
             print(f"edgerules serve: the canary policy ({values['canary']}) did not load:\n{exc}", file=sys.stderr)
             return 1
+    if (problem := check_state_uri(values["state"])) is not None:
+        print(f"edgerules serve: {problem}", file=sys.stderr)
+        return 2
     if values["workers"] > 1 and policy.limits and not is_shared(values["state"]):
         print(f"edgerules serve: --workers {values['workers']} with --state {values['state']} would give each "
               f"worker its own counters and multiply every limit by {values['workers']}; use "

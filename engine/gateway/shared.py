@@ -28,6 +28,25 @@ def is_shared(state_uri: str) -> bool:
     return scheme_of(state_uri) != "memory"
 
 
+FORMS = ("memory://, redis://[:PASSWORD@]HOST:PORT[/DB], rediss://..., redis+unix:///PATH, "
+         "redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT]/SERVICE or redis+cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT]")
+
+
+def check_state_uri(state_uri: str) -> str | None:
+    """What is wrong with a state URI, said before the gateway binds its port (the password never
+    shown); None when the `limits` library knows its scheme and a Sentinel URI names its service."""
+    import limits.aio.storage  # noqa: F401  (registers the async schemes)
+    from limits.storage import SCHEMES
+
+    scheme, sep, rest = state_uri.partition("://")
+    if not sep or "async+" + scheme.removeprefix("async+").lower() not in SCHEMES:
+        return f"unknown state URI '{redacted(state_uri)}': use {FORMS}"
+    if scheme_of(state_uri) == SENTINEL and not _nodes(state_uri, 26379)[2]:
+        return (f"state URI '{redacted(state_uri)}' needs the service name: "
+                f"redis+sentinel://[:PASSWORD@]HOST:PORT/SERVICE")
+    return None
+
+
 @dataclass(eq=False)
 class Shared:
     """A Redis client (redis-py, asyncio) and, for a plain URI, the pool the limiter reuses."""
@@ -93,7 +112,8 @@ def open_shared(state_uri: str) -> Shared | None:
 
         nodes, password, service = _nodes(plain, 26379)
         if not service:
-            raise ValueError(f"state URI '{state_uri}' needs the service name: redis+sentinel://HOST:PORT/SERVICE")
+            raise ValueError(f"state URI '{redacted(state_uri)}' needs the service name: "
+                             f"redis+sentinel://[:PASSWORD@]HOST:PORT/SERVICE")
         sentinel = Sentinel(nodes, password=password, sentinel_kwargs={"password": password}, **options)
         return Shared(state_uri, sentinel.master_for(service), None)
     if scheme == CLUSTER:
@@ -103,6 +123,17 @@ def open_shared(state_uri: str) -> Shared | None:
         client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], password=password, **options)
         return Shared(state_uri, client, None, cluster=True)
     return None   # another `limits` backend (memcached, mongodb): limits only
+
+
+def redacted(uri: str) -> str:
+    """The URI with its password replaced by '***', for messages."""
+    scheme, sep, rest = uri.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" not in netloc:
+        return uri
+    auth, _, hosts = netloc.rpartition("@")
+    user = auth.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{hosts}{slash}{path}"
 
 
 def _nodes(uri: str, default_port: int) -> tuple[list[tuple[str, int]], str | None, str]:
