@@ -76,10 +76,12 @@ async def race(gw, call, plan: "HedgePlan", tries, try_steps) -> Response | None
         nonlocal next_lane, started_at
         lane, next_lane = next_lane, next_lane + 1
         steps = lanes[lane]
-        if lane and steps and not _first_allowed(call, tries, steps):
+        approved = bool(lane and steps and call.attempts)   # its first call is an extra attempt
+        if approved and not _first_allowed(call, tries, steps):
             next_lane = len(lanes)   # the retry budget is spent: no more lanes
             return False
         lane_tries = Tries(tries.health, tries.budgets)
+        lane_tries.approved = approved   # _first_allowed took the budget's room for its first call
         task = loop.create_task(run_lane(steps, lane_tries))
         task.add_done_callback(_retrieve)
         running[task] = (lane, lane_tries)
@@ -124,7 +126,7 @@ def _first_allowed(call, tries, steps) -> bool:
         step = step.lanes[0][0] if step.lanes and step.lanes[0] else None
         if step is None:
             return True
-    return tries.may_start(call, step[0]) if call.attempts else True
+    return tries.may_start(call, step[0])
 
 
 def _cancel_losers(gw, call, running: dict) -> None:

@@ -196,7 +196,10 @@ async def _forward(gw: "Gateway", call: Call) -> Response:
     else:
         steps = plan(target, requested, d.route_by, health, now, gw.rng)
     tries = Tries(health, gw.retry_budgets if gw.retry_budgets.active(call.live.policy) else None)
-    response = await try_steps(gw, call, steps, tries)
+    if len(steps) == 1 and steps[0].__class__ is tuple:   # one target: no step loop
+        response = await _try_target(gw, call, steps[0][0], steps[0][1], tries, _attempt)
+    else:
+        response = await try_steps(gw, call, steps, tries)
     if response is None:
         raise _final_error(call, tries.last, tries.deadline_hit, tries.budget_spent)
     return response
@@ -205,7 +208,7 @@ async def _forward(gw: "Gateway", call: Call) -> Response:
 class Tries:
     """What the attempts of one request share: health, the retry budget, the last error."""
 
-    __slots__ = ("health", "budgets", "last", "deadline_hit", "budget_spent", "route")
+    __slots__ = ("health", "budgets", "last", "deadline_hit", "budget_spent", "route", "approved")
 
     def __init__(self, health, budgets):
         self.health = health
@@ -214,6 +217,7 @@ class Tries:
         self.deadline_hit = False
         self.budget_spent = False          # an extra attempt was refused by a retry budget
         self.route = ""                    # "provider/model" of the attempt under way or last made
+        self.approved = False              # the next attempt's room was already taken (a hedge lane)
 
     def may_start(self, call: Call, provider: str) -> bool:
         """Whether an attempt may start: a first always may; an extra one when the budget has room."""
@@ -221,6 +225,9 @@ class Tries:
         if budgets is None:
             return True
         policy = call.live.policy
+        if self.approved:
+            self.approved = False
+            return True
         if not call.attempts:
             budgets.first(policy, provider)
             return True
