@@ -94,7 +94,7 @@ async def usage(store, group_by: list[str], start: float, end: float) -> list[di
               f"COUNT(*) OVER ({over.strip()}) AS n FROM ({inner}) r0")
     sql = (head + f"SELECT {''.join(n + ', ' for n in names)}COUNT(*) AS requests, "
            "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, "
-           "SUM(CASE WHEN cache = 'HIT' THEN 1 ELSE 0 END) AS cache_hits, "
+           "SUM(CASE WHEN cache IN ('HIT', 'HIT-SEMANTIC') THEN 1 ELSE 0 END) AS cache_hits, "
            "COALESCE(SUM(input_tokens), 0) AS input_tokens, COALESCE(SUM(output_tokens), 0) AS output_tokens, "
            "COALESCE(SUM(cached_tokens), 0) AS cached_tokens, COALESCE(SUM(cost_usd), 0) AS cost_usd, "
            "MIN(CASE WHEN rn >= 0.5 * n THEN latency_ms END) AS p50_ms, "
