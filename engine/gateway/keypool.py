@@ -18,7 +18,6 @@ log = logging.getLogger("edgerules.gateway")
 COOL_429 = 10.0          # seconds a 429 without Retry-After cools its key
 COOL_401 = 600.0         # a rejected key (401, 403) does not heal soon: a reload with a new key does
 MAX_COOL = 3600.0        # an absurd Retry-After is capped
-REFUSALS = frozenset({401, 403, 429})
 STREAM_COMPLETION = 256  # tokens counted for a streamed answer's completion (its usage is not seen here)
 ROOM_REFRESH = 0.25      # seconds between reads of every key's room from the storage (most_room)
 
@@ -122,11 +121,11 @@ class KeyPool:
         self.cool_until[i] = max(self.cool_until[i], time.monotonic() + min(seconds, MAX_COOL))
         log.warning("key %s of provider '%s' answered %d: cooling it down for %gs",
                     self.keys[i].name, self.provider, status, min(seconds, MAX_COOL))
-        self._count(i, str(status))
+        self.count(i, str(status))
 
     async def spent(self, i: int, payload: dict, result) -> None:
         """Count a served call: its outcome, and its tokens against the key's token limit."""
-        self._count(i, "ok")
+        self.count(i, "ok")
         if isinstance(result, bytes):
             try:
                 usage = UpstreamResponse(200, result).usage() or {}
@@ -154,7 +153,7 @@ class KeyPool:
             raise self.exhausted(provider, None)
         await self.spent(i, payload, raw)
 
-    def _count(self, i: int, outcome: str) -> None:
+    def count(self, i: int, outcome: str) -> None:
         if self.gw is not None:
             self.gw.metrics.pool_calls[(self.provider, self.keys[i].name, outcome)] += 1
 

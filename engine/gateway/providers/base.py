@@ -269,8 +269,9 @@ class HttpProvider(Provider):
         while (i := await pool.take(tried)) is not None:
             tried.add(i)
             left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                break
+            if left <= 0:   # the refused keys took the attempt's whole time
+                raise self.error(504, f"upstream '{self.spec.name}' did not answer within {timeout:g}s",
+                                 kind="timeout")
             try:
                 result = await self._post(path, payload, left, stream, pool.headers[i])
             except ProviderError as exc:
@@ -278,7 +279,7 @@ class HttpProvider(Provider):
                     pool.cool(i, exc)
                     last = exc
                     continue
-                pool._count(i, exc.kind if exc.kind != "status" else str(exc.status))
+                pool.count(i, exc.kind if exc.kind != "status" else str(exc.status))
                 raise
             await pool.spent(i, payload, result)
             return result
