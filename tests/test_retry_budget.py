@@ -70,6 +70,9 @@ def test_a_gateway_wide_budget_bounds_retries_and_fallbacks(failing):
     assert all(r.headers.get("x-should-retry") == "false" for r in refused)
     assert "retry budget is spent" in refused[-1].json()["error"]["message"]
     assert exhausted(gw, "gateway") >= len(refused)
+    status = gw.admin_policy()["retry_budget"]
+    assert status["gateway"]["percent"] == 20 and status["gateway"]["min_per_second"] == 1
+    assert status["c"]["percent"] == 10 and status["gateway"]["requests"] >= 1
 
 
 def test_a_providers_own_budget_bounds_its_retries(failing):

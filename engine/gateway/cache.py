@@ -59,6 +59,12 @@ def cache_key(call) -> bytes:
     return hashlib.sha256(canonical).digest()
 
 
+def uses_semantic(policy) -> bool:
+    """Whether a rule of the policy has `cache semantic`."""
+    return any(a.kind == "cache" and a.value.enabled and a.value.semantic is not None
+               for rule in policy.checked.rules for a in rule.actions)
+
+
 def cache_directives(value: str | None) -> tuple[bool, bool]:
     """(no-cache, no-store) from a Cache-Control header."""
     if not value:
@@ -77,6 +83,9 @@ class ResponseCache:
         self.inflight: dict[bytes, asyncio.Future] = {}
         self.remote = RemoteEntries(shared, self.max_entries, self.max_bytes) if shared is not None else None
         self.semantic = None   # the semantic path, made when a `cache semantic` rule is first met
+        live = getattr(gw, "live", None)
+        if live is not None and uses_semantic(live.policy):
+            self._semantic_path()   # now, so the first request does not wait for numpy's import
         self.max_parsed = parsed_answer_limit()   # a stream hit parses its entry whole: bigger is not kept
 
     async def serve(self, call, producer, request_headers) -> Response:
@@ -84,12 +93,14 @@ class ResponseCache:
         no_cache, no_store = cache_directives(request_headers.get("cache-control"))
         key = cache_key(call)
         if call.decision.cache.semantic is not None and not no_cache and call.kind == "chat":
-            if self.semantic is None:
-                from .semantic import SemanticCache   # numpy is loaded only by a policy that uses it
-
-                self.semantic = SemanticCache(self, self.max_entries, self.max_bytes)
-            return await self.semantic.serve(call, producer, key, no_store)
+            return await (self.semantic or self._semantic_path()).serve(call, producer, key, no_store)
         return await self.serve_exact(call, producer, key, no_cache, no_store)
+
+    def _semantic_path(self):
+        from .semantic import SemanticCache   # numpy is loaded only by a policy that uses it
+
+        self.semantic = SemanticCache(self, self.max_entries, self.max_bytes)
+        return self.semantic
 
     async def serve_exact(self, call, producer, key: bytes, no_cache: bool, no_store: bool) -> Response:
         if self.remote is not None:

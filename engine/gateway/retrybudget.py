@@ -106,9 +106,18 @@ class RetryBudgets:
         if self.metrics is not None:
             self.metrics.retry_budget[budget] += 1
 
-    def snapshot(self) -> dict:
+    def status(self, policy) -> dict:
+        """Each budget of the policy with the counts of its window: for GET /admin/policy."""
         now = time.monotonic()
         oldest = int(now) - _SLOTS + 1
-        return {name or "gateway": {"requests": sum(f for f, s in zip(w.firsts, w.seconds) if s >= oldest),
-                                    "extra_attempts": sum(e for e, s in zip(w.extras, w.seconds) if s >= oldest)}
-                for name, w in self.windows.items()}
+        out = {}
+        budgets = [(GATEWAY, policy.retry_budget)] + [(n, s.retry_budget) for n, s in policy.providers.items()]
+        for name, spec in budgets:
+            if spec is None:
+                continue
+            window = self.windows.get(name)
+            live = [(f, e) for f, e, sec in zip(window.firsts, window.extras, window.seconds) if sec >= oldest] \
+                if window is not None else []
+            out[name or "gateway"] = {**spec.to_dict(), "requests": sum(f for f, _ in live),
+                                      "extra_attempts": sum(e for _, e in live)}
+        return out

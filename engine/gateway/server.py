@@ -246,6 +246,7 @@ async def admin_policy(request: Request) -> Response:
         "notes": [d.to_dict() for d in policy.notes],
         "last_error": gw.last_error,
         "health": gw.health.snapshot(),
+        "retry_budget": gw.retry_budgets.status(policy),
         "request_log": gw.request_log.status() if gw.request_log is not None else None,
         "stable": {"version": policy.version, "path": policy.path,
                    "percent": 100 - gw.canary.percent if gw.canary else 100,
