@@ -15,8 +15,8 @@ from gw import start_gateway
 from procs import EDGERULES, start_upstream
 from test_limits import start_redis
 
-KEYS = {f"POOL_K{i}": f"sk-pool-key-{i}-{'x' * 20}" for i in range(1, 15)}
-K = {i: KEYS[f"POOL_K{i}"] for i in range(1, 15)}
+KEYS = {f"POOL_K{i}": f"sk-pool-key-{i}-{'x' * 20}" for i in range(1, 17)}
+K = {i: KEYS[f"POOL_K{i}"] for i in range(1, 17)}
 
 POLICY = """
 provider cool {
@@ -67,6 +67,12 @@ provider most {
     api_key [env("POOL_K13") as big limit requests 100 per 1m, env("POOL_K14") as small limit requests 4 per 1m]
 }
 rule most  { when model == "most" route most/m }
+provider ant {
+    url "{ant_url}"
+    format anthropic
+    api_key [env("POOL_K15"), env("POOL_K16")] pick round_robin
+}
+rule ant   { when model == "ant" route ant/claude }
 rule room  { when model == "room" route room/m }
 rule echoed { when model == "echoed" route echoed/m }
 """
@@ -75,6 +81,12 @@ rule echoed { when model == "echoed" route echoed/m }
 @pytest.fixture(scope="module")
 def up():
     with start_upstream() as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def ant_up():
+    with start_upstream("--format", "anthropic") as proc:
         yield proc
 
 
@@ -91,9 +103,9 @@ def state():
 
 
 @pytest.fixture(scope="module")
-def gw(up, state, tmp_path_factory):
-    proc = start_gateway(POLICY.replace("{url}", up.url), tmp_path_factory.mktemp("pools"), "--no-watch",
-                         "--state", state, env=KEYS)
+def gw(up, ant_up, state, tmp_path_factory):
+    policy = POLICY.replace("{url}", up.url).replace("{ant_url}", ant_up.url)
+    proc = start_gateway(policy, tmp_path_factory.mktemp("pools"), "--no-watch", "--state", state, env=KEYS)
     yield proc
     proc.stop()
 
@@ -162,6 +174,15 @@ def test_a_refusal_that_echoes_the_key_is_redacted(up, gw):
     assert_no_key(str(gw.admin_policy()))
 
 
+def test_a_pool_puts_each_key_where_its_format_wants_it(ant_up, gw):
+    ant_up.control(refuse_key=K[15], refuse_key_status=429)
+    for _ in range(3):
+        assert gw.chat("ant").status_code == 200
+    # anthropic's x-api-key header carries each key in turn; the first key was refused once.
+    assert ant_up.stats()["by_key"] == {K[15]: 1, K[16]: 3}
+    assert ant_up.stats()["last_headers"]["x-api-key"] == K[16]
+
+
 def test_a_keys_request_limit_sends_the_rest_to_the_other_keys(up, gw):
     for _ in range(6):
         assert gw.chat("lim").status_code == 200
@@ -210,7 +231,7 @@ def test_a_pool_on_the_echo_format_picks_and_counts_offline(gw):
 
 def test_eval_shows_the_pool_of_the_route_without_its_keys(up, tmp_path):
     path = tmp_path / "p.rules"
-    path.write_text(POLICY.replace("{url}", up.url))
+    path.write_text(POLICY.replace("{url}", up.url).replace("{ant_url}", up.url))
     out = subprocess.run([EDGERULES, "eval", str(path)], input='{"model": "lim", "messages": []}',
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **KEYS})
     assert out.returncode == 0, out.stderr
@@ -225,7 +246,7 @@ def test_a_keys_limit_is_shared_by_every_gateway_on_one_redis(up, gw, state, tmp
         pytest.skip("redis-server is not installed")
     # A second gateway on the same Redis: the first key's 2 requests a minute are counted once for
     # both (each gateway alone would give it its turns 1 and 3: 4 in all).
-    other = start_gateway(POLICY.replace("{url}", up.url), tmp_path, "--no-watch", "--state", state, env=KEYS)
+    other = start_gateway(POLICY.replace("{url}", up.url).replace("{ant_url}", up.url), tmp_path, "--no-watch", "--state", state, env=KEYS)
     with other:
         statuses = [g.chat("shared").status_code for g in (gw, other, gw, other, gw, other)]
     assert statuses == [200] * 6
