@@ -33,6 +33,8 @@ def parse_number(text: str) -> int | float:
 def unquote(text: str) -> str:
     """Decode a string literal; an unknown escape is kept as written, so regexes read naturally."""
     body, out, i = text[1:-1], [], 0
+    if "\\" not in body:   # most strings: nothing to decode
+        return body
     while i < len(body):
         ch = body[i]
         if ch == "\\" and i + 1 < len(body):
