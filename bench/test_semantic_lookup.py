@@ -51,3 +51,31 @@ def test_semantic_lookup(benchmark, rows, scopes):
     found = benchmark(index.nearest, group, query, 0.95, NOW)
     assert found is not None and found[0] == target.to_bytes(4, "little") and found[1] > 0.95
     benchmark.extra_info.update(rows=rows, scopes=scopes, matrix_mib=round(index.vectors.nbytes / 2**20, 1))
+
+
+def test_paraphrase_hit_rate_by_threshold():
+    """tests/data/paraphrases.json through the echo format's vectors and the index: for each pair,
+    the first prompt is stored in a scope of its own and the second looked up. Printed with -s."""
+    import json
+    from pathlib import Path
+
+    from edgerules.gateway.providers import echo
+    from edgerules.gateway.semantic import unit_vector
+
+    pairs = json.loads((Path(__file__).parent.parent / "tests" / "data" / "paraphrases.json").read_text())
+
+    def embed(text: str) -> np.ndarray:
+        return unit_vector(echo.embeddings({"input": text, "dimensions": DIMENSIONS}, "e"))
+
+    rates = {}
+    for threshold in (0.7, 0.8, 0.85, 0.9, 0.95):
+        for kind in ("paraphrases", "unrelated"):
+            index = VectorIndex(DIMENSIONS, 100)
+            for scope, (first, _) in enumerate(pairs[kind], 1):
+                index.add(scope, embed(first), first.encode(), expires=NOW + 1, now=NOW)
+            hits = sum(index.nearest(scope, embed(second), threshold, NOW) is not None
+                       for scope, (_, second) in enumerate(pairs[kind], 1))
+            rates[threshold, kind] = hits / len(pairs[kind])
+        print(f"threshold {threshold}: paraphrases hit {rates[threshold, 'paraphrases']:.0%}, "
+              f"unrelated pairs hit {rates[threshold, 'unrelated']:.0%}")
+    assert rates[0.85, "paraphrases"] >= 0.7 and rates[0.85, "unrelated"] == 0   # rules/50-semantic-cache.rules
