@@ -44,7 +44,8 @@ def pair(redis_server, upstream, bad, tmp_path_factory):
     text = POLICY.replace("{good}", upstream.url).replace("{bad}", bad.url)
     dirs = [tmp_path_factory.mktemp(name) for name in ("a", "b")]
     with ThreadPoolExecutor(2) as pool:   # both start at once: start-up is most of the module's time
-        starts = [pool.submit(start_gateway, text, d, "--no-watch", "--state", redis_server.uri) for d in dirs]
+        starts = [pool.submit(start_gateway, text, d, "--no-watch", "--state", redis_server.uri,
+                              timeout=60) for d in dirs]
     gateways = [start.result() for start in starts if start.exception() is None]
     try:
         for start in starts:

@@ -2,6 +2,7 @@
 circuit breakers; `memory://` opens nothing."""
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
@@ -35,8 +36,9 @@ FORMS = ("memory://, redis://[:PASSWORD@]HOST:PORT[/DB], rediss://..., redis+uni
 def check_state_uri(state_uri: str) -> str | None:
     """What is wrong with a state URI, said before the gateway binds its port (the password never
     shown); None when the `limits` library knows its scheme and a Sentinel URI names its service."""
-    import limits.aio.storage  # noqa: F401  (registers the async schemes)
     from limits.storage import SCHEMES
+
+    importlib.import_module("limits.aio.storage")   # registers the async schemes in SCHEMES
 
     scheme, sep, rest = state_uri.partition("://")
     if not sep or "async+" + scheme.removeprefix("async+").lower() not in SCHEMES:
