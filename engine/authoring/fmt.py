@@ -6,7 +6,8 @@ action a line, indented four spaces, then `}`; one space between tokens except i
 statements, and at most one wherever the source had blank lines; trailing comments of
 consecutive lines aligned two spaces after the longest line; integers of five digits or more
 grouped by `_` thousands (fewer digits are not grouped), no leading zeros, decimals as written;
-durations and strings as written. Formatting works on the tokens the parser reads, so it can
+durations and strings as written; a key pool of two or more keys one key a line between
+`api_key [` and `]`. Formatting works on the tokens the parser reads, so it can
 change whitespace, comments' columns, number spelling and a trailing comma, nothing else.
 """
 from __future__ import annotations
