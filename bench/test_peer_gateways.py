@@ -1,4 +1,4 @@
-"""The peers harness (edgerules.drills.peers): its own parts always, the peers only on request.
+"""The peers harness (edgerules.drills.peers, peer_setup): its own parts always, the peers only on request.
 
 Always (a few seconds): the policy, LiteLLM's and Portkey's configurations, the wrk script and its
 parsing, the table, README's block, and one short run of the direct, pass-through and edgerules
@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 
-from edgerules.drills import peers
+from edgerules.drills import peer_setup, peers
 from edgerules.lang.source import Source
 from edgerules.lang.policy import build_policy
 
@@ -77,21 +77,21 @@ def test_every_target_gets_the_same_headers_with_portkeys_config():
 
 
 def test_wrk_script_sends_the_headers_and_stops_after_its_share():
-    script = peers.wrk_script(peers.BODY, {"Authorization": "Bearer x", "x-portkey-config": '{"a":[1]}'},
+    script = peer_setup.wrk_script(peers.BODY, {"Authorization": "Bearer x", "x-portkey-config": '{"a":[1]}'},
                               max_requests=101, threads=2)
     assert 'wrk.method = "POST"' in script and f"[==[{peers.BODY}]==]" in script
     assert "wrk.headers[ [==[x-portkey-config]==] ] = [==[{\"a\":[1]}]==]" in script
     assert "count >= 51" in script and "wrk.thread:stop()" in script
-    assert "response" not in peers.wrk_script(peers.BODY, {})
+    assert "response" not in peer_setup.wrk_script(peers.BODY, {})
     with pytest.raises(ValueError):
-        peers.wrk_script("]==]", {})
+        peer_setup.wrk_script("]==]", {})
 
 
 def test_parse_wrk_counts_errors_and_reads_percentiles():
-    r = peers.parse_wrk(WRK_OUTPUT)
+    r = peer_setup.parse_wrk(WRK_OUTPUT)
     assert r == {"rps": 12345.0, "p50_ms": 1.1, "p99_ms": 2.5, "errors": 7, "requests": 12345}
     with pytest.raises(RuntimeError):
-        peers.parse_wrk("unable to connect")
+        peer_setup.parse_wrk("unable to connect")
 
 
 def _figure(target, conns, rps, p50, p99):

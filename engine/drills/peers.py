@@ -19,25 +19,22 @@ them forwards to the same fake upstream (`edgerules upstream`):
 Identical traffic: wrk (or, without wrk, a bounded aiohttp loop) sends the same body and the
 same headers (the key, Portkey's config header) to every target; each ignores what is not its
 own. Peers run neither guards nor a rate limit (they would need a database or plugins for
-those), which favours them.
+those), which favours them. Installing, starting, stopping and loading: edgerules.drills.peer_setup.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import gatewaybench as gb
+from .peer_setup import (PeerUnavailable, cache_dir, install_litellm, install_portkey, load, load_average,
+                         peer_version, settle, start_server, stop_server, warm)
 
 PEERS = ("litellm", "portkey")
 TARGETS = ("direct", "passthrough", "edgerules") + PEERS
@@ -76,10 +73,6 @@ rule chat_alias {{
 """
 
 
-class PeerUnavailable(Exception):
-    """A peer could not be installed or started here; the message says why."""
-
-
 @dataclass
 class Figure:
     target: str
@@ -93,10 +86,6 @@ class Figure:
 
 
 # ---- configuration of each server -------------------------------------------------------------
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EDGERULES_PEERS_CACHE") or Path.home() / ".cache" / "edgerules-peers")
-
 
 def policy_text(upstream_url: str) -> str:
     return POLICY.format(upstream=upstream_url, model=MODEL)
@@ -140,97 +129,6 @@ def portkey_env() -> dict[str, str]:
     return env
 
 
-# ---- installing the peers ---------------------------------------------------------------------
-
-def install_litellm(cache: Path, spec: str = "litellm[proxy]", say=print) -> Path:
-    """The `litellm` executable of a venv under cache, created with `pip install SPEC` once."""
-    venv = cache / "litellm-venv"
-    exe = venv / "bin" / "litellm"
-    if exe.exists():
-        return exe
-    say(f"installing {spec} into {venv} (once) ...")
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", spec],
-                       check=True, capture_output=True, text=True, timeout=1800)
-    except subprocess.CalledProcessError as exc:
-        raise PeerUnavailable(f"pip install {spec} failed: {(exc.stderr or '')[-800:]}") from None
-    except subprocess.TimeoutExpired:
-        raise PeerUnavailable(f"pip install {spec} took over 30 minutes") from None
-    if not exe.exists():
-        raise PeerUnavailable(f"pip install {spec} left no {exe}")
-    return exe
-
-
-def install_portkey(cache: Path, spec: str = "@portkey-ai/gateway", say=print) -> Path:
-    """The gateway's start-server.js under cache/portkey, from `npm install SPEC` once."""
-    folder = cache / "portkey"
-    entry = folder / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
-    if entry.exists():
-        return entry
-    if not shutil.which("npm") or not shutil.which("node"):
-        raise PeerUnavailable("Portkey's gateway needs node and npm (apt-get install nodejs npm)")
-    say(f"installing {spec} into {folder} (once) ...")
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "package.json").exists():
-        (folder / "package.json").write_text('{"name": "edgerules-peers-portkey", "private": true}\n')
-    try:
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", spec], cwd=folder, check=True,
-                       capture_output=True, text=True, timeout=1800)
-    except subprocess.CalledProcessError as exc:
-        raise PeerUnavailable(f"npm install {spec} failed: {(exc.stderr or '')[-800:]}") from None
-    except subprocess.TimeoutExpired:
-        raise PeerUnavailable(f"npm install {spec} took over 30 minutes") from None
-    if not entry.exists():
-        raise PeerUnavailable(f"npm install {spec} left no {entry}")
-    return entry
-
-
-def peer_version(name: str, cache: Path) -> str:
-    try:
-        if name == "litellm":
-            py = cache / "litellm-venv" / "bin" / "python"
-            out = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-                                 capture_output=True, text=True, timeout=60)
-            return out.stdout.strip() or "?"
-        pkg = cache / "portkey" / "node_modules" / "@portkey-ai" / "gateway" / "package.json"
-        return json.loads(pkg.read_text())["version"]
-    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired):
-        return "?"
-
-
-# ---- processes --------------------------------------------------------------------------------
-
-def _start(argv, health: str, env=None, timeout: float = 60.0, cwd=None) -> subprocess.Popen:
-    """Start a server and wait for its health URL; its stderr goes to a file (a pipe nobody reads
-    would fill and block a chatty peer)."""
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
-    proc.log = log
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise PeerUnavailable(f"{argv[0]} exited with {proc.returncode}: {_tail(proc)}")
-        try:
-            with urllib.request.urlopen(health, timeout=2) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.1)
-    _stop(proc)
-    raise PeerUnavailable(f"{argv[0]} did not answer {health} within {timeout:.0f}s: {_tail(proc)}")
-
-
-def _tail(proc) -> str:
-    proc.log.seek(0)
-    return proc.log.read().decode(errors="replace")[-1500:]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    gb._stop(proc)
-    proc.log.close()
-
-
 def start_servers(names, cache: Path, say=print) -> tuple[dict, list]:
     """Every target's (url, pid), and the processes to stop. Peers that cannot run are left out
     (with the reason said); the upstream, the pass-through and edgerules must start."""
@@ -241,7 +139,7 @@ def start_servers(names, cache: Path, say=print) -> tuple[dict, list]:
     policy_dir = Path(tempfile.mkdtemp(prefix="edgerules-peers-"))
     (policy_dir / "bench.rules").write_text(policy_text(upstream_url))
     try:
-        up = _start([py, "-m", "edgerules.drills.upstream", "--port", str(ports["direct"])],
+        up = start_server([py, "-m", "edgerules.drills.upstream", "--port", str(ports["direct"])],
                     f"http://127.0.0.1:{ports['direct']}/healthz")
         procs.append(up)
         targets["direct"] = up
@@ -258,7 +156,7 @@ def start_servers(names, cache: Path, say=print) -> tuple[dict, list]:
             procs.append(targets[name])
     except BaseException:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_server(proc)
         shutil.rmtree(policy_dir, ignore_errors=True)
         raise
     urls = {name: (f"http://127.0.0.1:{ports[name]}/v1/chat/completions", proc.pid)
@@ -270,146 +168,24 @@ def _start_one(name: str, port: int, upstream_url: str, policy_dir: Path, cache:
     py = sys.executable
     health = f"http://127.0.0.1:{port}"
     if name == "passthrough":
-        return _start([py, "-m", "edgerules.drills.passthrough", "--upstream", upstream_url, "--port", str(port)],
+        return start_server([py, "-m", "edgerules.drills.passthrough", "--upstream", upstream_url, "--port", str(port)],
                       health + "/healthz")
     if name == "edgerules":
         env = dict(os.environ, EDGERULES_PEERS_KEY=KEY)
-        return _start([py, "-m", "edgerules", "serve", "--rules", str(policy_dir), "--port", str(port),
+        return start_server([py, "-m", "edgerules", "serve", "--rules", str(policy_dir), "--port", str(port),
                        "--no-watch", "--log-level", "warning"], health + "/healthz", env=env)
     if name == "litellm":
         exe = install_litellm(cache, say=say)
         config = policy_dir / "litellm.yaml"
         config.write_text(json.dumps(litellm_config(upstream_url), indent=2))
-        return _start([str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+        return start_server([str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
                        "--num_workers", "1"], health + "/health/liveliness", env=litellm_env(), timeout=180,
                       cwd=policy_dir)
     if name == "portkey":
         entry = install_portkey(cache, say=say)
-        return _start(["node", str(entry), f"--port={port}", "--headless"], health + "/", env=portkey_env(),
+        return start_server(["node", str(entry), f"--port={port}", "--headless"], health + "/", env=portkey_env(),
                       timeout=60, cwd=policy_dir)
     raise ValueError(f"unknown target {name!r}")
-
-
-# ---- load -------------------------------------------------------------------------------------
-
-_WRK_LUA = """wrk.method = "POST"
-wrk.body = [==[{body}]==]
-{headers}
-{stop}"""
-_WRK_STOP = """local count = 0
-response = function(status, headers, body)
-    count = count + 1
-    if count >= {per_thread} then wrk.thread:stop() end
-end
-"""
-
-
-def wrk_script(body: str, headers: dict[str, str], max_requests: int | None = None, threads: int = 1) -> str:
-    """wrk's Lua: the POST with its headers; with max_requests each thread stops after its share."""
-    for text in (body, *headers.values()):
-        if "]==]" in text:
-            raise ValueError("a body or header holds ']==]', which ends a Lua long string")
-    lines = "\n".join(f"wrk.headers[ [==[{k}]==] ] = [==[{v}]==]" for k, v in headers.items())
-    stop = _WRK_STOP.format(per_thread=max(1, -(-max_requests // threads))) if max_requests else ""
-    return _WRK_LUA.format(body=body, headers=lines, stop=stop)
-
-
-def parse_wrk(out: str) -> dict:
-    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if found is None:
-        raise RuntimeError(f"wrk gave no figures: {out.strip()[-500:]}")
-    total = re.search(r"(\d+) requests in", out)
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors += sum(int(x) for x in m.groups()) if m else 0
-    return {"rps": float(found.group(1)), "p50_ms": gb._wrk_ms(out, "50%"), "p99_ms": gb._wrk_ms(out, "99%"),
-            "errors": errors, "requests": int(total.group(1)) if total else None}
-
-
-def load(url: str, body: str, headers: dict, connections: int, seconds: float,
-         max_requests: int | None = None) -> dict:
-    """Bounded load on one URL: wrk when installed (for whole seconds, and at most max_requests),
-    else an aiohttp loop in this process bounded the same way. With max_requests, wrk still
-    divides by the whole duration, so req/s is then a floor (the harness's own test uses it)."""
-    if not shutil.which("wrk"):
-        return asyncio.run(_aio_load(url, body, headers, connections, seconds, max_requests))
-    threads = min(2, connections)
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(wrk_script(body, headers, max_requests, threads))
-    whole = max(1, round(seconds))
-    try:
-        done = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{whole}s", "--timeout", "10s",
-                               "--latency", "-s", f.name, url], capture_output=True, text=True, timeout=whole + 60)
-    finally:
-        os.unlink(f.name)
-    return parse_wrk(done.stdout + done.stderr)
-
-
-async def _aio_load(url, body, headers, connections, seconds, max_requests) -> dict:
-    import aiohttp
-    latencies, errors, sent = [], 0, 0
-    cap = max_requests or 10**9
-    stop_at = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
-        async def worker():
-            nonlocal errors, sent
-            while sent < cap and time.perf_counter() < stop_at:
-                sent += 1
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(url, data=body.encode(), headers=headers) as resp:
-                        await resp.read()
-                        ok = resp.status == 200
-                except aiohttp.ClientError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(connections)))
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-    pick = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000) if latencies else (lambda q: 0.0)
-    return {"rps": len(latencies) / elapsed, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "errors": errors,
-            "requests": len(latencies)}
-
-
-_SHOWN = ("x-edgerules-", "x-ratelimit-", "x-portkey-last-used", "x-portkey-retry", "x-litellm-model-group",
-          "x-litellm-model-api-base")
-
-
-def warm(url: str, body: str, headers: dict, count: int = 20) -> dict[str, str]:
-    """Sequential requests before measuring (imports, pools, LiteLLM's first-call setup). Every
-    answer must be a 200, else the target is misconfigured and its figures would lie. Returns the
-    last answer's routing and limit headers, which show what the target did with the request."""
-    for _ in range(count):
-        req = urllib.request.Request(url, data=body.encode(), headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                resp.read()
-                shown = {k.lower(): v for k, v in resp.headers.items() if k.lower().startswith(_SHOWN)}
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"{url} answered {exc.code}: {exc.read()[:500]!r}") from None
-    return shown
-
-
-def settle(pid: int, quiet: float = 0.3, timeout: float = 30.0) -> bool:
-    """Wait until the process has (nearly) stopped using CPU for `quiet` seconds, at most
-    `timeout`. A server slower than the load keeps working through the requests wrk abandoned
-    when it stopped; measuring the next target (or the next run of this one) before that backlog
-    is gone would charge it to them (LiteLLM at 32 connections is seconds behind)."""
-    deadline = time.monotonic() + timeout
-    last = gb._cpu_seconds(pid)
-    if last is None:
-        return False
-    while time.monotonic() < deadline:
-        time.sleep(quiet)
-        now = gb._cpu_seconds(pid)
-        if now is None or now - last <= 0.1 * quiet:
-            return True
-        last = now
-    return False
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -425,7 +201,7 @@ def run(peers=PEERS, seconds: float = 3.0, connections=CONNECTIONS, max_requests
     say("starting the upstream, the pass-through, edgerules" + "".join(f", {p}" for p in peers) + " ...")
     servers, procs = start_servers(names, cache, say)
     best: dict[tuple, Figure] = {}
-    load_before = _loadavg()
+    load_before = load_average()
     try:
         headers = request_headers(servers["upstream"])
         answers = {target: warm(url, BODY, headers) for target, (url, _) in servers["urls"].items()}
@@ -442,12 +218,12 @@ def run(peers=PEERS, seconds: float = 3.0, connections=CONNECTIONS, max_requests
                         best[(target, conns)] = f
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_server(proc)
         shutil.rmtree(servers["policy_dir"], ignore_errors=True)
     figures = [asdict(f) for f in best.values()]
     return {"loadgen": "wrk" if shutil.which("wrk") else "aiohttp loop", "seconds": seconds, "rounds": rounds,
             "connections": list(connections), "skipped": servers["skipped"], "answers": answers,
-            "load_average": [load_before, _loadavg()],
+            "load_average": [load_before, load_average()],
             "versions": {p: peer_version(p, cache) for p in peers if p not in servers["skipped"]},
             "figures": figures, "rows": rows(figures)}
 
@@ -464,13 +240,6 @@ def measure(target: str, url: str, pid: int, headers: dict, conns: int, seconds:
     n = r.get("requests") or r["rps"] * seconds
     cpu = (cpu1 - cpu0) / n * 1e6 if cpu0 is not None and cpu1 is not None and n else None
     return Figure(target, conns, r["rps"], r["p50_ms"], r["p99_ms"], r["errors"], r.get("requests"), cpu)
-
-
-def _loadavg() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
 
 
 def rows(figures: list[dict]) -> list[dict]:
