@@ -231,8 +231,9 @@ class HttpProvider(Provider):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.max_body, self.max_event = upstream_limits()
         self._urls: dict[str, URL] = {}
-        if self.pool is not None:   # the keys in this format's own headers
+        if self.pool is not None:   # the keys in this format's own headers; post() picks one per call
             self.pool = type(self.pool)(spec, self.headers)
+            self.post = self._post_pooled
 
     def session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -255,13 +256,7 @@ class HttpProvider(Provider):
         A format whose URLs are built differently overrides this."""
         return await self.post(path, payload, timeout, stream=stream)
 
-    async def post(self, path: str, payload: dict, timeout: float, *, stream: bool = False):
-        """POST and wait for a 2xx answer: its bytes, or for a stream the open response."""
-        if self.pool is not None:
-            return await self._post_pooled(path, payload, timeout, stream)
-        return await self._post(path, payload, timeout, stream, None)
-
-    async def _post_pooled(self, path: str, payload: dict, timeout: float, stream: bool):
+    async def _post_pooled(self, path: str, payload: dict, timeout: float, *, stream: bool = False):
         """One attempt as the caller sees it: a key refused by the upstream (429, 401, 403) is
         cooled down and the next key tried, within the same timeout, until one answers or none is left."""
         pool, tried, last = self.pool, set(), None
@@ -273,7 +268,7 @@ class HttpProvider(Provider):
                 raise self.error(504, f"upstream '{self.spec.name}' did not answer within {timeout:g}s",
                                  kind="timeout")
             try:
-                result = await self._post(path, payload, left, stream, pool.headers[i])
+                result = await HttpProvider.post(self, path, payload, left, stream=stream, headers=pool.headers[i])
             except ProviderError as exc:
                 if exc.kind == "status" and (exc.upstream_status or exc.status) in (401, 403, 429):
                     pool.cool(i, exc)
@@ -285,7 +280,10 @@ class HttpProvider(Provider):
             return result
         raise pool.exhausted(self, last)
 
-    async def _post(self, path: str, payload: dict, timeout: float, stream: bool, headers: dict | None):
+    async def post(self, path: str, payload: dict, timeout: float, *, stream: bool = False,
+                   headers: dict[str, str] | None = None):
+        """POST and wait for a 2xx answer: its bytes, or for a stream the open response. A provider
+        with a key pool has _post_pooled() as its `post`, which calls this with a key's headers."""
         url = self.base_url + path
         try:
             data = orjson.dumps(payload)
