@@ -121,6 +121,18 @@ def test_a_failing_embeddings_endpoint_bypasses_the_cache(setup):
     assert ask(gw, "Which symptoms does the flu have?", user="bypass2").headers["x-edgerules-cache"] == "MISS"
 
 
+def test_a_slow_embeddings_endpoint_bypasses_the_cache_after_two_seconds(setup):
+    gw, _, emb = setup
+    logged = gw.output().count("semantic cache bypassed")
+    emb.control(latency="5s")
+    try:
+        slow = ask(gw, "How do I make a cup of green tea?", user="slow")
+    finally:
+        emb.control(latency=0)
+    assert slow.headers["x-edgerules-cache"] == "BYPASS"
+    assert gw.output().count("no answer in time") == 1 and gw.output().count("semantic cache bypassed") == logged + 1
+
+
 def test_hit_rate_on_the_paraphrase_set(setup):
     """Each pair in its own scope (the `user` field): the second prompt hits the first one or not."""
     gw, _, _ = setup

@@ -213,10 +213,10 @@ class SemanticCache:
     def _failed(self, call, spec, exc: Exception) -> None:
         call.cache = "BYPASS"
         self.cache.gw.metrics.cache["embedding_error"] += 1
-        if isinstance(exc, ProviderError):
-            cause = f"status {exc.status}: {exc.message}"
-        elif isinstance(exc, TimeoutError):
+        if isinstance(exc, TimeoutError) or getattr(exc, "kind", "") == "timeout":
             cause = "no answer in time"
+        elif isinstance(exc, ProviderError):
+            cause = f"status {exc.status}: {exc.message}"
         else:
             cause = type(exc).__name__   # the exception's text may quote the upstream's answer
         what = f"{spec.provider}/{spec.model}: {cause}"
