@@ -105,6 +105,14 @@ def start_cluster(servers: list) -> str:
     return f"redis+cluster://:{PASSWORD}@" + ",".join(addresses)
 
 
+class Pair(list):
+    """The two gateways, and the Redis servers they share."""
+
+    def __init__(self, gateways, servers):
+        super().__init__(gateways)
+        self.servers = servers
+
+
 @pytest.fixture(scope="module")
 def bad():
     with start_upstream() as up:
@@ -127,7 +135,7 @@ def pair(request, upstream, bad, tmp_path_factory):
         gateways.extend(start.result() for start in starts if start.exception() is None)
         for start in starts:
             start.result()   # the first start-up failure, once every gateway that started is listed to stop
-        yield gateways
+        yield Pair(gateways, servers)
     finally:
         for process in gateways + servers:
             process.stop()
@@ -195,6 +203,23 @@ def test_the_password_in_the_state_uri_is_never_printed(pair):
     for gw in pair:
         assert PASSWORD not in gw.output()
         assert PASSWORD not in gw.http.get("/metrics").text
+
+
+def test_with_every_server_gone_limits_fail_closed_and_the_rest_open(pair):
+    """Last of the module for each topology: it stops the servers for good."""
+    for server in pair.servers:
+        server.proc.popen.kill()
+        server.proc.popen.wait(10)
+    for gw in pair:
+        refused = chat(gw, "exact")
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "limits_unavailable"
+        served = chat(gw, "cache", f"question {uuid.uuid4().hex[:8]}")   # the cache is skipped
+        assert served.status_code == 200, served.text
+        assert served.headers["x-edgerules-cache"] == "BYPASS"
+        routed = chat(gw, "breaker")   # breakers keep their local state: flaky's circuit is open
+        assert routed.status_code == 200 and routed.headers["x-edgerules-route"] == "up/m"
+        assert chat(gw, "plain").status_code == 200
 
 
 def test_a_state_uri_that_cannot_work_is_refused_before_serving(tmp_path):

@@ -286,13 +286,11 @@ class RemoteEntries:
     `route NUL body` with the rule's TTL, at most max_entries of them."""
 
     def __init__(self, shared, max_entries: int, max_bytes: int):
-        import redis.exceptions
-
         self.shared, self.max_entries, self.max_bytes = shared, max_entries, max_bytes
         self.client = shared.client
         self._store = self.client.register_script(_STORE)
         self._unlock = self.client.register_script(_UNLOCK)
-        self._errors = (redis.exceptions.RedisError, OSError, TimeoutError)
+        self._errors = shared.failures
 
     async def claim(self, key: bytes, deadline_at: float, budget: float) -> tuple[Entry | None, bytes | None]:
         """(the stored entry, None), or (None, a lock token) when this instance must fetch it; waits

@@ -102,6 +102,7 @@ class Limiter:
     def __init__(self, state_uri: str, gw, *, shared=None, completion_reserve: int | None = None):
         self.gw = gw
         self.storage = open_storage(state_uri, shared)
+        self._failures = (StorageError, *shared.failures) if shared is not None else StorageError
         self.moving = MovingWindowRateLimiter(self.storage)
         self.fixed = FixedWindowRateLimiter(self.storage)
         if completion_reserve is None:
@@ -150,7 +151,7 @@ class Limiter:
                 if not rerouted:   # the first full limit with `else route` picks the target
                     call.target, rerouted = spec.else_route, True
             call.extra_headers.update(await self._headers(met))
-        except StorageError as exc:
+        except self._failures as exc:
             await self._release(holds)
             log.error("limits storage failed: %s", exc)
             raise GatewayError(503, "the limits storage is unavailable", code="limits_unavailable") from None
@@ -211,7 +212,7 @@ class Limiter:
         for hold in holds:
             try:
                 await self._refund(hold, hold.amount)
-            except StorageError as exc:
+            except self._failures as exc:
                 log.error("limits storage failed while releasing a hold: %s", exc)
 
     # ---- reconciliation ----------------------------------------------------------------

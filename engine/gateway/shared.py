@@ -58,6 +58,7 @@ class Shared:
     pool: object | None
     cluster: bool = False
     down_until: float = 0.0   # monotonic: skip Redis until then (the cache and breakers only)
+    failures: tuple = ()      # what the clients raise when Redis failed (see failure_types)
 
     def usable(self) -> bool:
         return time.monotonic() >= self.down_until
@@ -92,6 +93,15 @@ class Shared:
                 await self.pool.disconnect()
 
 
+def failure_types() -> tuple[type[BaseException], ...]:
+    """What redis-py raises when Redis failed: its RedisError, a Cluster client's RedisClusterException
+    once no node answers (not a RedisError, so the `limits` library does not wrap it), socket errors,
+    timeouts."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    return (RedisError, RedisClusterException, OSError, TimeoutError)
+
+
 def open_shared(state_uri: str) -> Shared | None:
     """The Redis client for a shared state URI; None for `memory://` (or when redis-py is missing:
     then limits fall back to the `limits` library's own client and the cache and breakers stay local)."""
@@ -109,7 +119,7 @@ def open_shared(state_uri: str) -> Shared | None:
         size = int(os.environ.get(ENV_REDIS_POOL, DEFAULT_REDIS_POOL))
         url = plain.replace("redis+unix://", "unix://", 1)
         pool = aredis.BlockingConnectionPool.from_url(url, max_connections=size, **options)
-        return Shared(state_uri, aredis.Redis(connection_pool=pool), pool)
+        return Shared(state_uri, aredis.Redis(connection_pool=pool), pool, failures=failure_types())
     if scheme == SENTINEL:
         from redis.asyncio.sentinel import Sentinel
 
@@ -118,13 +128,13 @@ def open_shared(state_uri: str) -> Shared | None:
             raise ValueError(f"state URI '{redacted(state_uri)}' needs the service name: "
                              f"redis+sentinel://[:PASSWORD@]HOST:PORT/SERVICE")
         sentinel = Sentinel(nodes, password=password, sentinel_kwargs={"password": password}, **options)
-        return Shared(state_uri, sentinel.master_for(service), None)
+        return Shared(state_uri, sentinel.master_for(service), None, failures=failure_types())
     if scheme == CLUSTER:
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
         nodes, password, _ = _nodes(plain, 6379)
         client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], password=password, **options)
-        return Shared(state_uri, client, None, cluster=True)
+        return Shared(state_uri, client, None, cluster=True, failures=failure_types())
     return None   # another `limits` backend (memcached, mongodb): limits only
 
 
