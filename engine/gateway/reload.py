@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
 import sys
 import time
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from pathlib import Path
 
 from ..lang.errors import PolicyError
-from ..lang.policy import load_policy, read_sources, version_of
+from ..lang.policy import load_policy, prepare_policy, prepared_policy, read_sources, version_of
 
 log = logging.getLogger("edgerules.reload")
 
@@ -37,6 +39,10 @@ SETTLE_LIMIT = 30.0   # a file still changing after this long is loaded as it is
 # the serving thread waits for the GIL up to the switch interval each time it wakes (5 ms by
 # default, several times per request); a shorter one keeps those waits short. Restored after.
 RELOAD_SWITCH_INTERVAL = 0.0005   # seconds
+# From this many bytes of .rules (about 2,000 rules) a reload is parsed, checked and compiled in a
+# helper process started at the first such reload (it keeps its parse cache between reloads);
+# this process only rebuilds the result, about a fifth of the work.
+HELPER_BYTES = 200_000
 
 
 class Reloader:
@@ -47,6 +53,7 @@ class Reloader:
         self._tasks: list[asyncio.Task] = []
         self._failed_version: str | None = None
         self.settle_seconds = float(os.environ.get(ENV_SETTLE) or DEFAULT_SETTLE)
+        self._helper: ProcessPoolExecutor | None = None
 
     async def reload(self, reason: str, force: bool = False, settle: bool = True) -> dict:
         """Load, check and compile in a worker thread; install only a policy that loaded.
@@ -68,7 +75,7 @@ class Reloader:
         started = time.perf_counter()
         old = self.gw.live.policy if self.gw.live else None
         try:
-            policy = await _off_the_loop(load_policy, self.path)
+            policy = await self._load()
         except PolicyError as exc:
             self._failed_version = await asyncio.to_thread(self._disk_version)
             return self._failed(exc, reason)
@@ -94,6 +101,31 @@ class Reloader:
         log.info("policy %s loaded in %.1f ms (%s): %s", policy.version, ms, reason, summary)
         return {"ok": True, "version": policy.version, "changed": True, "ms": round(ms, 1),
                 "summary": summary}
+
+    async def _load(self):
+        """The policy at self.path: prepared by the helper process when it is big, else (or when
+        the helper is unavailable or the policy cannot travel) loaded in a worker thread."""
+        if await asyncio.to_thread(self._size) >= HELPER_BYTES:
+            try:
+                if self._helper is None:
+                    self._helper = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                data = await asyncio.get_running_loop().run_in_executor(self._helper, prepare_policy, self.path)
+            except BrokenExecutor as exc:   # the helper died (killed, out of memory): this process loads
+                log.warning("the reload helper process failed (%s); loading in this process", exc)
+                self._close_helper()
+            else:
+                policy = await _off_the_loop(prepared_policy, data)
+                if policy is not None:
+                    return policy
+        return await _off_the_loop(load_policy, self.path)
+
+    def _size(self) -> int:
+        return sum(max(size, 0) for _, size, _ in self._snapshot())
+
+    def _close_helper(self) -> None:
+        if self._helper is not None:
+            self._helper.shutdown(wait=False, cancel_futures=True)
+            self._helper = None
 
     def _failed(self, exc: PolicyError, reason: str) -> dict:
         self.gw.metrics.reloads["error"] += 1
@@ -136,6 +168,7 @@ class Reloader:
             self._tasks = [loop.create_task(self._watch()), loop.create_task(self._poll())]
 
     async def stop(self) -> None:
+        self._close_helper()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -26,10 +26,14 @@ class CompiledPolicy:
     filename: str
     decide_tool: Callable[..., ToolDecision] | None = None   # None: the policy has no tool rule
     generated_tools: Generated | None = None
+    # the code objects (model rules, tool rules or None): a helper process marshals them over
+    code: tuple = ()
 
 
-def compile_policy(policy: CheckedPolicy, version: str) -> CompiledPolicy:
-    generated = generate(policy, version)
+def compile_policy(policy: CheckedPolicy, version: str, prepared: tuple | None = None) -> CompiledPolicy:
+    """prepared: (generated, marshalled code, tool rules' generated, their code), as another
+    process's compile_policy() of the same checked policy left them in `.code`."""
+    generated = prepared[0] if prepared else generate(policy, version)
     filename = f"<edgerules policy {version}>"
     providers = policy.providers
 
@@ -51,17 +55,20 @@ def compile_policy(policy: CheckedPolicy, version: str) -> CompiledPolicy:
         "_body_typed": body_typed,
         **generated.constants,
     }
-    decide = _exec(generated, filename, namespace)["decide"]
+    code = marshal.loads(prepared[1]) if prepared else _compile(generated.source, filename)
+    decide = _exec(generated, code, filename, namespace)["decide"]
     if not policy.tool_rules:
-        return CompiledPolicy(decide, generated, filename)
+        return CompiledPolicy(decide, generated, filename, code=(code, None))
     # Tool rules are a function of their own, in a namespace of their own: model rules never
     # see a tool call and tool rules never see a model request.
-    tools = generate_tools(policy, version)
+    tools = prepared[2] if prepared else generate_tools(policy, version)
     tool_namespace = {"__builtins__": {}, "_Decision": ToolDecision, "_parse_metadata": parse_metadata,
                       "_gmtime": time.gmtime, "_body_path": body_path, "_body_typed": body_typed,
                       **tools.constants}
-    decide_tool = _exec(tools, f"<edgerules tool rules {version}>", tool_namespace)["decide_tool"]
-    return CompiledPolicy(decide, generated, filename, decide_tool, tools)
+    tools_filename = f"<edgerules tool rules {version}>"
+    tools_code = marshal.loads(prepared[3]) if prepared else _compile(tools.source, tools_filename)
+    decide_tool = _exec(tools, tools_code, tools_filename, tool_namespace)["decide_tool"]
+    return CompiledPolicy(decide, generated, filename, decide_tool, tools, (code, tools_code))
 
 
 # compile() holds the GIL for its whole run (about 0.6 s for 10,000 rules): a reload, which runs in
@@ -83,8 +90,7 @@ def _compile(source: str, filename: str):
     return compile(source, filename, "exec")
 
 
-def _exec(generated: Generated, filename: str, namespace: dict) -> dict:
-    code = _compile(generated.source, filename)
+def _exec(generated: Generated, code, filename: str, namespace: dict) -> dict:
     exec(code, namespace)
     # Tracebacks through generated code then show its lines.
     lines = generated.source.splitlines(keepends=True)

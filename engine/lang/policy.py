@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import marshal
 import os
+import pickle
 import threading
 import time
 from pathlib import Path
@@ -102,19 +104,64 @@ def build_policy(sources: list[Source], env: Mapping[str, str] | None = None, pa
     enabled = gc.isenabled()
     gc.disable()
     try:
-        policy = _build(sources, env, path)
-        policy.models(), policy.model_ids()   # computed here, off the serving thread of a reload
-        if len(policy.rules) >= FREEZE_RULES:
-            # Its objects (millions at 10,000 rules) live until the next reload: out of the
-            # collector's sight, a full collection in the serving thread does not rescan them
-            # for seconds (measured: bench/test_reload_stall.py).
-            gc.freeze()
-        return policy
+        return _settled(_build(sources, env, path))
     except RecursionError:
         # parse.py refuses deep nesting with a position; this is the net under any other shape.
         raise PolicyError([Diagnostic("too-deep", "the policy nests too deeply to be compiled", None,
                                       hint="split deep conditions or targets into several rules")],
                           {s.name: s for s in sources}) from None
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _settled(policy: "Policy") -> "Policy":
+    policy.models(), policy.model_ids()   # computed here, off the serving thread of a reload
+    if len(policy.rules) >= FREEZE_RULES:
+        # Its objects (millions at 10,000 rules) live until the next reload: out of the
+        # collector's sight, a full collection in the serving thread does not rescan them
+        # for seconds (measured: bench/test_reload_stall.py).
+        gc.freeze()
+    return policy
+
+
+# ---- a load prepared in another process ------------------------------------------------------
+# A reload of a big policy parses, checks and compiles in a helper process (its parse cache kept
+# between reloads); the serving process only unpickles the checked policy and loads the
+# marshalled code, a fifth of the work, so requests share the interpreter with far less.
+
+def prepare_policy(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> bytes:
+    """load_policy() as bytes for prepared_policy(): ("ok", parts), ("error", diagnostics and
+    sources), or ("fallback", why) when the policy cannot travel (load it in-process then)."""
+    try:
+        policy = load_policy(path, env)
+    except PolicyError as exc:
+        return pickle.dumps(("error", (exc.diagnostics, list(exc.sources.values()))), protocol=5)
+    compiled = policy._compiled
+    code, tools_code = compiled.code
+    try:
+        prepared = (compiled.generated, marshal.dumps(code), compiled.generated_tools,
+                    None if tools_code is None else marshal.dumps(tools_code))
+        return pickle.dumps(("ok", (policy.checked, prepared, policy.version, list(policy.sources.values()),
+                                    [*policy.warnings, *policy.notes], policy.path)), protocol=5)
+    except (pickle.PicklingError, TypeError, AttributeError, ValueError) as exc:   # e.g. a native regex
+        return pickle.dumps(("fallback", f"{type(exc).__name__}: {exc}"))
+
+
+def prepared_policy(data: bytes) -> "Policy | None":
+    """The Policy prepare_policy() prepared (None: load it in-process). Raises PolicyError."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        kind, parts = pickle.loads(data)
+        if kind == "error":
+            diagnostics, sources = parts
+            raise PolicyError(diagnostics, {s.name: s for s in sources})
+        if kind != "ok":
+            return None
+        checked, prepared, version, sources, diagnostics, path = parts
+        return _settled(Policy(checked, compile_policy(checked, version, prepared), version, sources,
+                               diagnostics, path))
     finally:
         if enabled:
             gc.enable()
