@@ -239,6 +239,7 @@ class _TestBuilder(Transformer):
     no_cache_e = _expectation("no-cache")
     cache_ttl_e = _expectation("cache-ttl", parse_duration)
     cache_off_e = _expectation("cache-off")
+    cache_semantic_e = _expectation("cache-semantic", parse_number)
     retry_e = _expectation("retry", parse_number)
     timeout_e = _expectation("timeout", parse_duration)
     deadline_e = _expectation("deadline", parse_duration)

@@ -143,7 +143,7 @@ def check_tests(tests: list[PolicyTest], policy: Policy) -> tuple[list[PolicyTes
 # Request items that describe a model request; a tool call has none of them.
 _MODEL_ITEMS = ("model", "stream", "temperature", "max_tokens", "user", "path", "input_tokens", "body")
 # Expectations about a model request's outcome; a tool call has none of these settings.
-_MODEL_EXPECTATIONS = ("route", "error", "cache-ttl", "cache-off", "no-cache", "deadline")
+_MODEL_EXPECTATIONS = ("route", "error", "cache-ttl", "cache-off", "no-cache", "deadline", "cache-semantic")
 
 
 def _check_tool_request(checker, test: PolicyTest, policy: Policy) -> None:
@@ -243,6 +243,9 @@ def mismatch(e: Expectation, d) -> str | None:
     if kind == "cache-ttl":
         ok = d.cache is not None and d.cache.enabled and d.cache.ttl == value
         return None if ok else cache_text(d)
+    if kind == "cache-semantic":
+        semantic = d.cache.semantic if d.cache is not None and d.cache.enabled else None
+        return None if semantic is not None and semantic.threshold == value else cache_text(d)
     if kind == "cache-off":
         return None if d.cache is not None and not d.cache.enabled else cache_text(d)
     if kind == "no-cache":
