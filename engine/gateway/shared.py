@@ -71,9 +71,9 @@ class Shared:
 
     async def prepare(self, limits_storage=None) -> None:
         """Find a Redis Cluster's nodes before the first request. redis-py (8.1) discovers them on
-        first use, and its topology refresh then disconnects idle connections that a burst of first
-        commands is reopening (a RuntimeError or AttributeError, a 500 from the limiter); one
-        discovery up front avoids it. Both
+        first use, and a burst of first commands then fails some with a RuntimeError or an
+        AttributeError (it closes connections other commands are opening; docs/limits-and-cache.md),
+        a 500 from the limiter; one discovery up front avoids it. Both
         clients are prepared: ours, and the `limits` library's own (it cannot share a cluster
         client). An unreachable cluster delays the start by the connect timeouts and is logged."""
         if not self.cluster:
