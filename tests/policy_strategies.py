@@ -185,6 +185,8 @@ def targets(sticky: bool = True):
         return st.one_of(
             members.map(lambda ms: "fallback [" + ", ".join(ms) + "]"),
             members.map(lambda ms: "fastest [" + ", ".join(ms) + "]"),
+            st.tuples(st.lists(inner, min_size=2, max_size=3), st.sampled_from(["250ms", "0ms", "p95"])).map(
+                lambda t: "hedge [" + ", ".join(t[0]) + "] after " + t[1]),
             _split(members),
         )
     tree = st.recursive(single_targets(), extend, max_leaves=5)
