@@ -1,18 +1,18 @@
 """How long a hot reload of a big policy makes requests wait: a gateway serving a 10,000-rule policy
 under steady load (a bounded loop of requests at a few connections) is reloaded several times after
-a one-line edit (its one file is parsed again, the whole policy checked and compiled); the worst
-request latency while reloads run is compared with the worst of a quiet period of the same length
-in the same run. Target: no request waits more than 50 ms because of a reload.
+a one-line edit (the reload helper process parses the file again, checks and compiles the policy;
+the serving process rebuilds it from the helper's result); the latency of requests started while
+reloads run (max, p99, share over 50 ms) is compared with that of a quiet period of steady load in
+the same run. Target: no request waits more than 50 ms because of a reload.
 
 Figures: `python3 -m pytest bench/test_reload_stall.py -s`. Under `--benchmark-disable` (CI) one
-reload of a 1,000-rule policy only checks that requests keep being answered during it.
+reload of a 2,000-rule policy (through the helper) only checks that requests keep being answered.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +30,8 @@ MAX_SECONDS = 300.0
 @pytest.fixture(scope="module")
 def setting(request):
     quick = request.config.getoption("benchmark_disable", False)
-    return {"rules": 1_000 if quick else 10_000, "reloads": 1 if quick else 4}
+    # 2,000 rules is above the reload helper's threshold (engine/gateway/reload.py HELPER_BYTES)
+    return {"rules": 2_000 if quick else 10_000, "reloads": 1 if quick else 4, "quiet": 0.0 if quick else 3.0}
 
 
 def test_reload_stall(setting, tmp_path):
@@ -43,7 +44,7 @@ def test_reload_stall(setting, tmp_path):
                      f"http://127.0.0.1:{port}/healthz", timeout=180)
     try:
         result = asyncio.run(_measure(f"http://127.0.0.1:{port}", policy, synthetic_models(rules)[0],
-                                      setting["reloads"]))
+                                      setting["reloads"], setting["quiet"]))
     finally:
         proc.terminate()
         proc.wait(10)
@@ -52,7 +53,7 @@ def test_reload_stall(setting, tmp_path):
     assert all(r["ok"] for r in result["reload_answers"])
 
 
-async def _measure(base: str, policy: Path, model: str, reloads: int) -> dict:
+async def _measure(base: str, policy: Path, model: str, reloads: int, quiet_seconds: float) -> dict:
     body = {"model": model, "messages": [{"role": "user", "content": "hello"}]}
     samples: list[tuple[float, float]] = []   # (start, seconds)
     errors = 0
@@ -73,6 +74,7 @@ async def _measure(base: str, policy: Path, model: str, reloads: int) -> dict:
         workers = [asyncio.create_task(load(client)) for _ in range(CONNECTIONS)]
         await asyncio.sleep(1.0)   # warm up
         quiet_start = time.monotonic()
+        await asyncio.sleep(quiet_seconds)
         answers, windows = [], []
         for i in range(reloads):
             await asyncio.sleep(1.0)
@@ -87,9 +89,24 @@ async def _measure(base: str, policy: Path, model: str, reloads: int) -> dict:
         stop.set()
         await asyncio.gather(*workers)
     during = [s for t0, s in samples if any(a - 0.05 <= t0 <= b for a, b in windows)]
+    # where in its reload the slowest request started: seconds before the reload's end
+    worst = max(((s, t0) for t0, s in samples if any(a - 0.05 <= t0 <= b for a, b in windows)), default=None)
+    worst_end = next((b for a, b in windows if worst and a - 0.05 <= worst[1] <= b), None)
     before = [s for t0, s in samples if quiet_start <= t0 < quiet_start + quiet]
     return {"reload_ms": [round((b - a) * 1000) for a, b in windows],
             "reload_answers": [{"ok": a.get("ok"), "ms": a.get("ms")} for a in answers],
-            "during_requests": len(during), "during_max_ms": round(max(during, default=0) * 1000, 1),
-            "quiet_requests": len(before), "quiet_max_ms": round(max(before, default=0) * 1000, 1),
+            "during_requests": len(during), **_spread("during", during),
+            "during_max_s_before_reload_end": round(worst_end - worst[1], 2) if worst else None,
+            "quiet_requests": len(before), **_spread("quiet", before),
             "errors": errors}
+
+
+def _spread(name: str, seconds: list[float]) -> dict:
+    """Max and p99 latency, and the share of requests over 50 ms (the target: a machine shared
+    with other work stalls now and then on its own; the quiet period shows how often)."""
+    ordered = sorted(seconds)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
+    over = sum(1 for s in ordered if s > 0.050)
+    return {f"{name}_max_ms": round((ordered[-1] if ordered else 0) * 1000, 1),
+            f"{name}_p99_ms": round(p99 * 1000, 1),
+            f"{name}_over_50ms_pct": round(100 * over / len(ordered), 2) if ordered else 0.0}
