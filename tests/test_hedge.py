@@ -4,11 +4,13 @@ wins alone; a stream is decided at its first event; the metrics and the access l
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 
 import pytest
 from openai import OpenAI
 
+from edgerules.observe.store import TABLE
 from gw import start_gateway
 from procs import EDGERULES, start_upstream, wait_until
 
@@ -22,7 +24,9 @@ def setup(tmp_path_factory):
             f'rule hedged {{ when model == "h" route hedge [a/m, b/m] after {DELAY_MS}ms }}\n'
             'rule p95 { when model == "p" route hedge [a/m, b/m] after p95 }\n'
             'rule nested { route fallback [hedge [a/m, b/m] after 5s, b/m] }\n')
-    gw = start_gateway(text, tmp_path_factory.mktemp("hedge"), "--no-watch")
+    where = tmp_path_factory.mktemp("hedge")
+    gw = start_gateway(text, where, "--no-watch", "--log-store", f"sqlite://{where}/requests.db")
+    gw.store = where / "requests.db"
     yield gw, a, b
     gw.stop()
     a.stop()
@@ -61,6 +65,12 @@ def test_a_slow_primary_loses_to_the_second_and_its_connection_is_closed(ups):
     (hedged,) = entry["hedged"]
     assert hedged["prompt_tokens"] > 0 and hedged["cost"] == pytest.approx(hedged["prompt_tokens"] * 2 / 1e6)
     assert entry["attempts"] == 2 and entry["route"] == "b/m"
+    # The stored request log's cost includes it (b has no price: the hedge's loser is all of it).
+    def stored():
+        with sqlite3.connect(gw.store) as db:
+            return db.execute(f"SELECT attempts, cost_usd FROM {TABLE} WHERE route = 'b/m'").fetchall()
+    rows = wait_until(stored, 10, what="the hedged request's row in the request log")
+    assert rows == [(2, pytest.approx(hedged["cost"]))]
 
 
 def test_a_fast_primary_wins_without_starting_the_second(ups):

@@ -16,6 +16,7 @@ from collections import deque
 import orjson
 
 from ..gateway.redact import policy_redactor
+from ..gateway.hedge import hedged_attempts
 from ..gateway.replay import StreamAssembler
 from ..gateway.usage import ask_stream_usage
 from ..lang.spec import TOOL_SEPARATOR
@@ -99,6 +100,9 @@ def build_row(call, status: int, seconds: float, now: float) -> tuple:
     route = call.route
     given, out, cached = tokens_of(call.usage)
     cost = call.cost if call.cost is not None else cost_of(call, status)
+    if call.hedged:   # cancelled hedge attempts were sent their prompt: paid too
+        extra = [h["cost"] for h in hedged_attempts(call) if h["cost"] is not None]
+        cost = (cost or 0.0) + sum(extra) if extra else cost
     request_body = answer_body = None
     if d is not None and d.log == "full":
         redactor = policy_redactor(call.live.policy)
