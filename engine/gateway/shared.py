@@ -127,7 +127,8 @@ def open_shared(state_uri: str) -> Shared | None:
         if not service:
             raise ValueError(f"state URI '{redacted(state_uri)}' needs the service name: "
                              f"redis+sentinel://[:PASSWORD@]HOST:PORT/SERVICE")
-        sentinel = Sentinel(nodes, password=password, sentinel_kwargs={"password": password}, **options)
+        sentinel = Sentinel(nodes, password=password, retry=fail_fast(),
+                            sentinel_kwargs={"password": password, "retry": fail_fast()}, **options)
         return Shared(state_uri, sentinel.master_for(service), None, failures=failure_types())
     if scheme == CLUSTER:
         from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -174,4 +175,16 @@ def limits_options(shared: Shared | None) -> dict:
         return {}
     if shared.pool is not None:
         return {"implementation": "redispy", "connection_pool": shared.pool}
+    if scheme_of(shared.uri) == SENTINEL:
+        return {"implementation": "redispy", "retry": fail_fast(), "sentinel_kwargs": {"retry": fail_fast()}}
     return {"implementation": "redispy"}
+
+
+def fail_fast():
+    """One immediate retry (a pooled connection Redis closed), no backoff. redis-py's default for
+    Sentinel clients (3 retries, exponential backoff from 1 s) made every request that met a
+    limit or the cache wait 3-5 s for its 503 or BYPASS while the sentinels were unreachable."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return Retry(NoBackoff(), 1)
