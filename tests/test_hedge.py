@@ -59,6 +59,7 @@ def test_a_slow_primary_loses_to_the_second_and_its_connection_is_closed(ups):
     wait_until(lambda: a.stats()["cancelled"] == 1, 10, what="the primary's call to be cancelled")
     assert metric(gw, 'edgerules_hedged_total{outcome="won"}') == won + 1
     assert metric(gw, 'edgerules_hedged_total{outcome="cancelled"}') == cancelled + 1
+    assert metric(gw, 'edgerules_upstream_calls_total{provider="a",outcome="cancelled"}') >= 1
     # The access log shows the cancelled attempt and what its prompt costs (providers bill the input).
     line = gw.wait_for_output('"hedged":[{"route":"a/m"').splitlines()
     entry = json.loads(next(text[text.index("{"):] for text in line if '"hedged"' in text))

@@ -279,6 +279,9 @@ async def _try_target(gw: "Gateway", call: Call, provider_name: str, model: str,
         t0 = time.monotonic()
         try:
             response = await attempt(gw, call, provider, model, timeout)
+        except asyncio.CancelledError:   # a faster hedge lane won, or the client left
+            gw.metrics.upstream(provider_name, "cancelled")
+            raise
         except ProviderError as exc:
             tries.last = exc
             if gw.tracer is not None:
