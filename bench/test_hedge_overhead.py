@@ -3,7 +3,7 @@ at once, against the same request on a plain route, through one `edgerules serve
 `edgerules upstream`. The hedge's extra work is a task for its lane and a timer; the second member
 is never asked.
 
-`python3 -m pytest bench/test_hedge.py` prints both timings and the ratio (from one interleaved
+`python3 -m pytest bench/test_hedge_overhead.py` prints both timings and the ratio (from one interleaved
 run, so machine load hits both alike); CI runs each once with --benchmark-disable.
 """
 from __future__ import annotations
