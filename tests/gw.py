@@ -44,7 +44,7 @@ class GatewayProc(Process):
 
 
 def start_gateway(rules: str | Path, directory: Path, *args: str, env: dict | None = None,
-                  timeout: float = 15.0) -> GatewayProc:
+                  timeout: float = 30.0) -> GatewayProc:
     """rules: policy text (written to directory/policy.rules) or an existing path."""
     if isinstance(rules, str):
         directory.mkdir(parents=True, exist_ok=True)

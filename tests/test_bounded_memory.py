@@ -17,8 +17,8 @@ rule bots   { when user matches "^bot-[a-z]+"  tag "bot" }
 rule models { when model matches "^demo/m[0-9]"  tag "numbered" }
 rule named  { when model == "named"  route demo/named }
 """
-FLOOD = 20_000
-WARMUP = 2_000
+FLOOD = 10_000
+WARMUP = 1_000
 PAD = "x" * 150   # long names make any per-name leftover visible in RSS
 MiB = 1024 * 1024
 

@@ -13,7 +13,7 @@ from edgerules.lang.source import Source
 from policy_strategies import ENV, MODELS, policies, random_request, requests
 
 REQUESTS_PER_POLICY = 100
-SETTINGS = settings(max_examples=300, deadline=None, derandomize=False,
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=False,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 

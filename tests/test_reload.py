@@ -45,7 +45,7 @@ def policy_dir(tmp_path):
 
 
 def test_fifty_rewrites_under_load_lose_nothing(policy_dir):
-    gw = start_gateway(policy_dir, policy_dir)
+    gw = start_gateway(policy_dir, policy_dir, "--reload-settle", "100ms")
     try:
         failures, served, valid, broken = asyncio.run(_load_and_rewrite(gw, policy_dir, rewrites=50, clients=50))
     except BaseException:
