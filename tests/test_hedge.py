@@ -10,6 +10,7 @@ import subprocess
 import pytest
 from openai import OpenAI
 
+from edgerules.lang.schema import estimate_tokens
 from edgerules.observe.store import TABLE
 from gw import start_gateway
 from procs import EDGERULES, start_upstream, wait_until
@@ -23,6 +24,7 @@ def setup(tmp_path_factory):
     text = (f'provider a {{\n url "{a.url}"\n price m input 2 output 8\n}}\nprovider b {{ url "{b.url}" }}\n'
             f'rule hedged {{ when model == "h" route hedge [a/m, b/m] after {DELAY_MS}ms }}\n'
             'rule p95 { when model == "p" route hedge [a/m, b/m] after p95 }\n'
+            f'rule tokens {{ when model == "t" limit tokens 1_000_000 per 1h route hedge [a/m, b/m] after {DELAY_MS}ms }}\n'
             'rule nested { route fallback [hedge [a/m, b/m] after 5s, b/m] }\n')
     where = tmp_path_factory.mktemp("hedge")
     gw = start_gateway(text, where, "--no-watch", "--log-store", f"sqlite://{where}/requests.db")
@@ -72,6 +74,22 @@ def test_a_slow_primary_loses_to_the_second_and_its_connection_is_closed(ups):
             return db.execute(f"SELECT attempts, cost_usd FROM {TABLE} WHERE route = 'b/m'").fetchall()
     rows = wait_until(stored, 10, what="the hedged request's row in the request log")
     assert rows == [(2, pytest.approx(hedged["cost"]))]
+
+
+def test_a_token_limit_counts_the_cancelled_attempts_prompt(ups):
+    gw, a, b = ups
+    a.control(latency="20s")
+    resp = gw.chat(model="t", content="count me twice")
+    assert resp.status_code == 200 and resp.headers["x-edgerules-route"] == "b/m"
+    usage = resp.json()["usage"]
+    body = {"model": "t", "messages": [{"role": "user", "content": "count me twice"}]}
+    # Settled: the winner's usage plus the loser's estimated prompt (it was sent, so billed).
+    expected = usage["prompt_tokens"] + usage["completion_tokens"] + estimate_tokens(body)
+
+    def used():
+        rows = gw.http.get("/admin/limits").json()["data"]
+        return [r["used"] for r in rows if r["rule"] == "tokens"] == [expected]
+    wait_until(used, 10, what=f"the token limit to settle at {expected}")
 
 
 def test_a_fast_primary_wins_without_starting_the_second(ups):
