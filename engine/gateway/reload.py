@@ -109,14 +109,20 @@ class Reloader:
             try:
                 if self._helper is None:
                     self._helper = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-                data = await asyncio.get_running_loop().run_in_executor(self._helper, prepare_policy, self.path)
-            except BrokenExecutor as exc:   # the helper died (killed, out of memory): this process loads
-                log.warning("the reload helper process failed (%s); loading in this process", exc)
+                pending = asyncio.get_running_loop().run_in_executor(self._helper, prepare_policy, self.path)
+            except Exception as exc:   # no process can be started here (limits, a daemonic parent)
+                log.warning("the reload helper process cannot start (%s); loading in this process", exc)
                 self._close_helper()
             else:
-                policy = await _off_the_loop(prepared_policy, data)
-                if policy is not None:
-                    return policy
+                try:
+                    data = await pending
+                except BrokenExecutor as exc:   # the helper died (killed, out of memory)
+                    log.warning("the reload helper process failed (%s); loading in this process", exc)
+                    self._close_helper()
+                else:
+                    policy = await _off_the_loop(prepared_policy, data)
+                    if policy is not None:
+                        return policy
         return await _off_the_loop(load_policy, self.path)
 
     def _size(self) -> int:
