@@ -3,10 +3,12 @@ primary loses to the fast second after the delay and its connection is closed; a
 wins alone; a stream is decided at its first event; the metrics and the access log show it."""
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -167,3 +169,24 @@ def test_check_eval_and_fmt_know_hedges_and_budgets(tmp_path):
     assert out.returncode == 0, out.stderr
     assert good.read_text().splitlines()[-1] == "retry budget 20% min 1/s"
     assert "    retry budget 10%" in good.read_text()
+
+
+def test_a_client_leaving_mid_race_cancels_every_lane(ups):
+    gw, a, b = ups
+    a.control(latency="20s")
+    b.control(latency="20s")
+
+    async def leave_once_both_are_asked():
+        async with httpx.AsyncClient(base_url=gw.url, trust_env=False, timeout=60) as http:
+            request = asyncio.ensure_future(http.post("/v1/chat/completions", json={
+                "model": "h", "messages": [{"role": "user", "content": "never mind"}]}))
+            for _ in range(1000):   # up to ~10 s for the second lane to start
+                if b.stats()["chat"] == 1 or request.done():
+                    break
+                await asyncio.sleep(0.01)
+            request.cancel()   # closes the connection: the gateway sees the client leave
+            await asyncio.gather(request, return_exceptions=True)
+
+    asyncio.run(leave_once_both_are_asked())
+    wait_until(lambda: a.stats()["cancelled"] == 1 and b.stats()["cancelled"] == 1, 15,
+               what="both upstream calls to be cancelled")
