@@ -18,6 +18,7 @@ from __future__ import annotations
 from lark import Lark, Token, Tree
 from lark.parse_tree_builder import ChildFilterLALR, ChildFilterLALR_NoPlaceholders, maybe_create_child_filter
 from lark.parsers.lalr_analysis import Shift
+from lark.visitors import _vargs_meta
 
 from . import ast
 from .build import AstBuilder
@@ -84,6 +85,9 @@ class FastParser:
             wrapper = getattr(method, "visit_wrapper", None)
             if wrapper is None:
                 return method
+            if wrapper is _vargs_meta:   # @v_args(meta=True): the method itself, without two wrappers
+                bound = method.base_func
+                return lambda children: bound(_Meta(tokens[span[0]], tokens[-1]), children)
             return lambda children: wrapper(method, name, children, _Meta(tokens[span[0]], tokens[-1]))
 
         users = {}
