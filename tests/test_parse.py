@@ -347,7 +347,7 @@ def test_syntax_error_missing_name_and_wrong_statement():
     assert (d.line, d.column, d.message) == (1, 6, "unexpected '{', expected a name")
     d = syntax_error("route demo")
     assert (d.line, d.column) == (1, 1)
-    assert d.message == "unexpected 'route', expected one of 'api', 'key', 'mcp', 'provider', 'rule', the end of the file"
+    assert d.message == "unexpected 'route', expected one of 'api', 'key', 'mcp', 'provider', 'retry', 'rule', the end of the file"
 
 
 def test_syntax_error_split_member_without_percent():
