@@ -1,6 +1,7 @@
 """Two `edgerules serve` processes sharing one real redis-server: exact limits across both, a cached
 answer stored by one is a HIT on the other, a circuit opened by one is open on the other, and a Redis
-outage fails closed for limits and open for the cache and breakers, with nothing lost once it is back."""
+outage fails closed for limits and open for the cache and breakers, with nothing lost once it is back:
+a circuit one instance opened while Redis was down is pushed to the others when it answers again."""
 from __future__ import annotations
 
 import asyncio
@@ -21,11 +22,16 @@ provider flaky {
     url "{bad}"
     cooldown 10m after 2 failures
 }
+provider flaky2 {
+    url "{bad}"
+    cooldown 10m after 2 failures
+}
 
 rule exact    { when header("x-test") == "exact"    limit requests 20 per 10m }
 rule durable  { when header("x-test") == "durable"  limit requests 5 per 10m }
 rule cached   { when header("x-test") == "cache"    cache ttl 10m }
 rule breaker  { when header("x-test") == "breaker"  route fallback [flaky/m, up/m] }
+rule breaker2 { when header("x-test") == "breaker2" route fallback [flaky2/m, up/m] }
 rule everything { route up/m }
 """
 
@@ -203,6 +209,30 @@ def test_a_redis_outage_fails_closed_for_limits_and_open_for_the_rest(pair, redi
     assert chat(first, "cache", content).headers["x-edgerules-cache"] == "MISS"
     assert chat(second, "cache", content).headers["x-edgerules-cache"] == "HIT"
     assert 'edgerules_provider_open{provider="flaky"} 1' in second.http.get("/metrics").text
+
+
+def test_a_circuit_opened_during_an_outage_is_pushed_when_redis_is_back(pair, redis_server, bad):
+    first, second = pair
+    opened = 'edgerules_provider_open{provider="flaky2"} 1'
+    wait_until(lambda: chat(first, "durable").status_code != 503, 30, what="Redis back for the first gateway")
+    assert all(opened not in gw.http.get("/metrics").text for gw in pair)
+    redis_server.kill()
+    try:
+        for _ in range(2):   # two failures open flaky2's circuit, in the first instance only
+            resp = chat(first, "breaker2")
+            assert resp.status_code == 200 and resp.headers["x-edgerules-route"] == "up/m"
+        assert opened in first.http.get("/metrics").text
+        assert opened not in second.http.get("/metrics").text
+    finally:
+        redis_server.start()
+    wait_until(lambda: opened in second.http.get("/metrics").text, 30,
+               what="the second gateway to see the circuit the first opened during the outage")
+    assert "opened while Redis was unreachable" in first.output()
+    before = bad.stats()["chat"]
+    resp = chat(second, "breaker2")
+    assert resp.status_code == 200 and resp.headers["x-edgerules-route"] == "up/m"
+    assert resp.headers["x-edgerules-attempts"] == "1"
+    assert bad.stats()["chat"] == before   # the second skipped flaky2 without calling it
 
 
 def test_workers_on_memory_state_with_limits_are_refused(tmp_path):
