@@ -12,7 +12,7 @@ from edgerules.lang.parse import MAX_NESTING, fast_parser, parse_general, parse_
 from edgerules.lang.source import Source
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = sorted(p for p in ROOT.rglob("*.rules") if ".git" not in p.parts and "node_modules" not in p.parts)
+SHIPPED = sorted([*(ROOT / "rules").rglob("*.rules"), *(ROOT / "tests" / "golden").rglob("*.rules")])
 
 TRICKY = {
     "keywords as names": 'provider rule { format echo }\nrule key { when model == "input" and header("route") == "x"\n'
