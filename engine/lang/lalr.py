@@ -16,9 +16,13 @@ general way, which gives the exact diagnostics of before.
 from __future__ import annotations
 
 from lark import Lark, Token, Tree
-from lark.parse_tree_builder import ChildFilterLALR, ChildFilterLALR_NoPlaceholders, maybe_create_child_filter
-from lark.parsers.lalr_analysis import Shift
-from lark.visitors import _vargs_meta
+
+try:   # Lark's internals (tested with lark 1.1.9-1.3): without them parse.py uses the general parse
+    from lark.parse_tree_builder import ChildFilterLALR, ChildFilterLALR_NoPlaceholders, maybe_create_child_filter
+    from lark.parsers.lalr_analysis import Shift
+    from lark.visitors import _vargs_meta
+except ImportError:   # pragma: no cover
+    Shift = None
 
 from . import ast
 from .build import AstBuilder
@@ -37,13 +41,16 @@ class _Meta:
         self.empty = False
 
 
-_new_token = Token._future_new.__func__   # Token() without its keyword-deprecation shim
+# Token() without the keyword-deprecation shim of its __new__, where this Lark has one
+_new_token = Token._future_new.__func__ if hasattr(Token, "_future_new") else (lambda cls, *args: cls(*args))
 
 
 class FastParser:
     """Built once from the Lark parser (grammar analysis, lexers); parse() is thread-safe."""
 
     def __init__(self, lark: Lark, max_depth: int):
+        if Shift is None:
+            raise ValueError("this Lark lacks the internals the fast path drives")
         frontend = lark.parser
         table = frontend.parser._parse_table
         self.rules = list(lark.rules)

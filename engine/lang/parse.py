@@ -43,7 +43,7 @@ def build_parser() -> Lark:
 def fast_parser() -> FastParser | None:
     try:
         return FastParser(build_parser(), MAX_NESTING)
-    except (AttributeError, KeyError, ValueError):   # a Lark whose internals moved: the general path
+    except (AttributeError, KeyError, TypeError, ValueError):   # a Lark whose internals moved: the general path
         return None
 
 
