@@ -43,6 +43,7 @@ RELOAD_SWITCH_INTERVAL = 0.0005   # seconds
 # helper process started at the first such reload (it keeps its parse cache between reloads);
 # this process only rebuilds the result, about a fifth of the work.
 HELPER_BYTES = 200_000
+HELPER_NICE = 10   # the helper's scheduling priority, below the serving process's
 
 
 class Reloader:
@@ -108,7 +109,8 @@ class Reloader:
         if await asyncio.to_thread(self._size) >= HELPER_BYTES:
             try:
                 if self._helper is None:
-                    self._helper = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                    self._helper = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                       initializer=_background)
                 pending = asyncio.get_running_loop().run_in_executor(self._helper, prepare_policy, self.path)
             except Exception as exc:   # no process can be started here (limits, a daemonic parent)
                 log.warning("the reload helper process cannot start (%s); loading in this process", exc)
@@ -248,6 +250,15 @@ class Reloader:
                 log.exception("the policy watcher failed; restarting it in %.0f s (the poller goes on)",
                               POLL_SECONDS)
             await asyncio.sleep(POLL_SECONDS)
+
+
+def _background() -> None:
+    """The helper's CPU time yields to the serving process's: on a busy machine the scheduler
+    otherwise shares the cores evenly, and requests wait for their time slice."""
+    try:
+        os.nice(HELPER_NICE)
+    except OSError:
+        pass
 
 
 async def _off_the_loop(func, *args):
