@@ -312,13 +312,14 @@ def _warm(url: str, body: bytes, count: int = 20) -> None:
 
 
 def run_scenarios(names=SCENARIOS, seconds: float = 2.0, connections=(1, 16, 64), progress=None,
-                  rounds: int = 1) -> dict:
+                  rounds: int = 1, serve_args: tuple = ()) -> dict:
     """Every scenario at every connection count against direct, the pass-through and edgerules,
     all in one run. JSON scenarios load with wrk when installed (else loadgen); stream with loadgen,
     which reads the events. With `rounds` > 1 the three targets take turns that many times and each
     figure is the median of its rounds (a shared machine's bursts then hit every target alike).
     Returns {"rows": [...], "targets": [...], ...}: per scenario and connections, each target's
-    figures and edgerules' ratios and added latencies; the targets of issue #15 met or missed."""
+    figures and edgerules' ratios and added latencies; the targets of issue #15 met or missed.
+    `serve_args` are added to `edgerules serve`'s (e.g. ("--log-store", "none") for an A/B)."""
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     py = sys.executable
     up_port, pt_port, gw_port = _free_port(), _free_port(), _free_port()
@@ -333,7 +334,7 @@ def run_scenarios(names=SCENARIOS, seconds: float = 2.0, connections=(1, 16, 64)
         procs.append(_start([py, "-m", "edgerules.drills.passthrough", "--upstream", upstream_url,
                              "--port", str(pt_port)], f"http://127.0.0.1:{pt_port}/healthz"))
         procs.append(_start([py, "-m", "edgerules", "serve", "--rules", policy_dir, "--port", str(gw_port),
-                             "--no-watch", "--log-level", "warning"], f"http://127.0.0.1:{gw_port}/healthz"))
+                             "--no-watch", "--log-level", "warning", *serve_args], f"http://127.0.0.1:{gw_port}/healthz"))
         targets = {name: (f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid)
                    for name, port, proc in zip(("direct", "passthrough", "edgerules"),
                                                (up_port, pt_port, gw_port), procs)}
