@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import weakref
 from dataclasses import dataclass
 from typing import Callable
@@ -32,8 +33,8 @@ class CompiledPolicy:
 
 
 def compile_policy(policy: CheckedPolicy, version: str, prepared: tuple | None = None) -> CompiledPolicy:
-    """prepared: (generated, marshalled code, tool rules' generated, their code), as another
-    process's compile_policy() of the same checked policy left them in `.code`."""
+    """prepared: (generated, dump_code(code), tool rules' generated, dump_code(their code)), from
+    another process's compile_policy() of the same checked policy (its `.code`)."""
     generated = prepared[0] if prepared else generate(policy, version)
     filename = f"<edgerules policy {version}>"
     providers = policy.providers
@@ -56,7 +57,7 @@ def compile_policy(policy: CheckedPolicy, version: str, prepared: tuple | None =
         "_body_typed": body_typed,
         **generated.constants,
     }
-    code = marshal.loads(prepared[1]) if prepared else _compile(generated.source, filename)
+    code = load_code(prepared[1]) if prepared else _compile(generated.source, filename)
     decide = _exec(generated, code, filename, namespace)["decide"]
     if not policy.tool_rules:
         return _lines_kept_while(CompiledPolicy(decide, generated, filename, code=(code, None)), filename)
@@ -67,7 +68,7 @@ def compile_policy(policy: CheckedPolicy, version: str, prepared: tuple | None =
                       "_gmtime": time.gmtime, "_body_path": body_path, "_body_typed": body_typed,
                       **tools.constants}
     tools_filename = f"<edgerules tool rules {version}>"
-    tools_code = marshal.loads(prepared[3]) if prepared else _compile(tools.source, tools_filename)
+    tools_code = load_code(prepared[3]) if prepared else _compile(tools.source, tools_filename)
     decide_tool = _exec(tools, tools_code, tools_filename, tool_namespace)["decide_tool"]
     return _lines_kept_while(CompiledPolicy(decide, generated, filename, decide_tool, tools, (code, tools_code)),
                              filename, tools_filename)
@@ -90,6 +91,30 @@ def _compile(source: str, filename: str):
         except (OSError, subprocess.SubprocessError, ValueError, EOFError, TypeError):
             pass   # no child interpreter here: compile in this process
     return compile(source, filename, "exec")
+
+
+CODE_SLICE = 256   # functions per marshalled slice: ~1 ms to load, so the GIL changes hands between
+
+
+def dump_code(code: types.CodeType) -> tuple[bytes, list]:
+    """A generated module's code for another process: the module with its functions' code taken
+    out, and those in slices. marshal.loads of the whole 10,000-rule module holds the interpreter
+    lock ~27 ms in one call; load_code() loads it a slice at a time."""
+    slots = [i for i, c in enumerate(code.co_consts) if isinstance(c, types.CodeType)]
+    skeleton = code.replace(co_consts=tuple(None if isinstance(c, types.CodeType) else c for c in code.co_consts))
+    slices = [(slots[i:i + CODE_SLICE], marshal.dumps(tuple(code.co_consts[j] for j in slots[i:i + CODE_SLICE])))
+              for i in range(0, len(slots), CODE_SLICE)]
+    return marshal.dumps(skeleton), slices
+
+
+def load_code(dumped: tuple[bytes, list]) -> types.CodeType:
+    skeleton, slices = dumped
+    module = marshal.loads(skeleton)
+    consts = list(module.co_consts)
+    for slots, blob in slices:
+        for i, code in zip(slots, marshal.loads(blob)):
+            consts[i] = code
+    return module.replace(co_consts=tuple(consts))
 
 
 def _lines_kept_while(compiled: CompiledPolicy, *filenames: str) -> CompiledPolicy:

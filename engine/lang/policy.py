@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import marshal
 import os
 import pickle
 import threading
@@ -13,7 +12,7 @@ from typing import Mapping
 
 from . import ast
 from .check import CheckedPolicy, check_program
-from .compiler import CompiledPolicy, compile_policy
+from .compiler import CompiledPolicy, compile_policy, dump_code
 from .decision import Decision, ToolDecision
 from .errors import Diagnostic, PolicyError
 from .interpret import Interpreter
@@ -140,8 +139,8 @@ def prepare_policy(path: str | os.PathLike, env: Mapping[str, str] | None = None
     compiled = policy._compiled
     code, tools_code = compiled.code
     try:
-        prepared = (compiled.generated, marshal.dumps(code), compiled.generated_tools,
-                    None if tools_code is None else marshal.dumps(tools_code))
+        prepared = (compiled.generated, dump_code(code), compiled.generated_tools,
+                    None if tools_code is None else dump_code(tools_code))
         return pickle.dumps(("ok", (policy.checked, prepared, policy.version, list(policy.sources.values()),
                                     [*policy.warnings, *policy.notes], policy.path)), protocol=5)
     except (pickle.PicklingError, TypeError, AttributeError, ValueError) as exc:   # e.g. a native regex
