@@ -37,6 +37,19 @@ def test_a_prepared_error_is_the_load_error(tmp_path):
     assert prepared.value.diagnostics == direct.value.diagnostics
 
 
-def test_a_policy_that_cannot_travel_is_loaded_in_process():
-    # the shipped rules bind a memoised regex search: a local function, which pickle refuses
-    assert prepared_policy(prepare_policy(ROOT / "rules")) is None
+def test_the_shipped_rules_with_regexes_travel_and_decide_alike():
+    # `matches` binds a memoised RE2 search and `ip in [...]` a network test: both are partials of
+    # module-level functions, so a big policy that uses them still reloads through the helper
+    loaded, prepared = load_policy(ROOT / "rules"), prepared_policy(prepare_policy(ROOT / "rules"))
+    assert prepared is not None and prepared.version == loaded.version
+    for body, headers in [({"model": "smart", "messages": [{"role": "user", "content": "hi"}]}, {}),
+                          ({"model": "gpt-4o-mini"}, {"x-plan": "free"}),
+                          ({"model": "demo/echo", "user": "bot-123"}, {"x-client": "batch"})]:
+        assert prepared.decide(body, headers, None, now=NOW).to_dict() == loaded.decide(body, headers, None, now=NOW).to_dict()
+
+
+def test_a_policy_that_cannot_travel_is_loaded_in_process(monkeypatch):
+    import edgerules.lang.codegen as codegen
+
+    monkeypatch.setattr(codegen, "memo_search", lambda pattern: lambda text: pattern.search(text) is not None)
+    assert prepared_policy(prepare_policy(ROOT / "rules")) is None   # a local function: pickle refuses it

@@ -5,6 +5,8 @@ field) and the interpreter (an extraction function per field), so the two engine
 """
 from __future__ import annotations
 
+import functools
+import ipaddress
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -101,25 +103,24 @@ MEMO_CHARS = 256 * 1024    # characters of text one matcher keeps in all
 def memo_search(pattern, size: int = MEMO_ENTRIES, longest: int = MEMO_TEXT, budget: int = MEMO_CHARS):
     """pattern.search(text) is not None, remembered per short text: the same few models and header
     values recur, and a dict lookup costs a fraction of a call into RE2. Bounded in entries and
-    in characters kept, whatever distinct texts clients send: full, it starts again empty."""
-    cache: dict[str, bool] = {}
-    search = pattern.search
-    held = 0
+    in characters kept, whatever distinct texts clients send: full, it starts again empty.
+    A partial of a module-level function, not a closure, so a compiled policy can be pickled
+    (a big reload is prepared in another process)."""
+    return functools.partial(_memo_matches, {}, [0], pattern.search, size, longest, budget)
 
-    def matches(text: str) -> bool:
-        nonlocal held
-        hit = cache.get(text)
-        if hit is None:
-            hit = search(text) is not None
-            n = len(text)
-            if n <= longest:
-                if len(cache) >= size or held + n > budget:
-                    cache.clear()
-                    held = 0
-                cache[text] = hit
-                held += n
-        return hit
-    return matches
+
+def _memo_matches(cache: dict, held: list, search, size: int, longest: int, budget: int, text: str) -> bool:
+    hit = cache.get(text)
+    if hit is None:
+        hit = search(text) is not None
+        n = len(text)
+        if n <= longest:
+            if len(cache) >= size or held[0] + n > budget:
+                cache.clear()
+                held[0] = 0
+            cache[text] = hit
+            held[0] += n
+    return hit
 
 
 def parse_metadata(raw: str | None) -> dict[str, str]:
@@ -207,18 +208,18 @@ def body_typed(value, kind: str):
 
 def cidr_matcher(items: tuple[str, ...]):
     """ip in [...] where an item is a network ("10.0.0.0/8"): membership, not string equality.
-    Items are validated by the checker; an address that does not parse is in no network."""
-    import ipaddress
-
+    Items are validated by the checker; an address that does not parse is in no network.
+    A partial, not a closure, so a compiled policy can be pickled."""
     networks = tuple(ipaddress.ip_network(i, strict=False) for i in items)
+    return functools.partial(_in_networks, networks)
 
-    def contains(ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in net for net in networks if net.version == address.version)
-    return contains
+
+def _in_networks(networks: tuple, ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in net for net in networks if net.version == address.version)
 
 
 def utc_parts(now: float | None) -> time.struct_time:
