@@ -20,6 +20,9 @@ from .source import Location
 # there are at least this many of them. Measured: below about 8 such rules a chain of `if`
 # tests is faster than a dict lookup plus a call; at 16 the dict wins by 7%, and it stays flat.
 DISPATCH_MIN = 8
+# A table with this many bucket functions is written by shape (_shaped_table): compile() of one
+# function a rule was 0.6 s of a 10,000-rule load. Below it, one readable function a bucket.
+SHAPES_MIN = 64
 
 RUNTIME_HELPERS = ("_Decision", "_finish", "_estimate_tokens", "_count_messages",
                    "_parse_metadata", "_gmtime", "_tool_names", "_forces_tool", "_response_format",
@@ -72,6 +75,7 @@ class _Writer:
         self.tables = 0
         self.extracted: set = set()
         self._matchers: dict[str, object] = {}
+        self._shape_args: dict[str, str] | None = None   # set while a shared shape is written
 
     # ---- output ---------------------------------------------------------------------------
 
@@ -86,7 +90,18 @@ class _Writer:
             name = f"{prefix}{len(self.constants)}"
             self.constants[name] = value
             self._const_ids[id(value)] = name
-        return name
+        return name if self._shape_args is None else self._param(name)
+
+    def _param(self, text: str) -> str:
+        """Inside a shared shape: the parameter that stands for TEXT (a constant's name or a
+        literal), so bodies that differ only in those are one function."""
+        args = self._shape_args
+        if text not in args:
+            args[text] = f"_p{len(args)}"
+        return args[text]
+
+    def _name(self, rule: CheckedRule) -> str:
+        return repr(rule.name) if self._shape_args is None else self._param(repr(rule.name))
 
     # ---- the whole function ---------------------------------------------------------------
 
@@ -207,45 +222,93 @@ class _Writer:
                 bucket = buckets.setdefault(value, [])
                 if not any(r is rule for r, _ in bucket):
                     bucket.append((rule, key.rest))
+        if len({tuple(id(rule) for rule, _ in members) for members in buckets.values()}) >= SHAPES_MIN:
+            self._shaped_table(table, params, buckets)
+        else:
+            entries = []
+            shared: dict[tuple, str] = {}   # values whose rules are the same share one function
+            for value, members in buckets.items():
+                ident = tuple(id(rule) for rule, _ in members)
+                fn = shared.get(ident)
+                if fn is None:
+                    fn = shared[ident] = f"_b{self.tables}_{len(shared)}"
+                    self.emit(0, "")
+                    self.emit(0, f"def {fn}(d, m, {', '.join(params)}):")
+                    self._bucket(members, 1)
+                entries.append(f"    {value!r}: {fn},")
+            self.emit(0, "")
+            self.emit(0, f"{table} = {{")
+            self.lines.extend(entries)
+            self.emit(0, "}")
+        fields = {key for rule in run for key in _keys_of(rule)}
+        return _Dispatch(table, params, run[0], run[-1], fields)
+
+    def _bucket(self, members: list, indent: int) -> None:
+        ended = False
+        for rule, rest in members:
+            ended = self._rule(rule, indent, "return True", when=rest)
+            if ended:
+                break
+        if not ended:
+            self.emit(indent, "return False")
+
+    def _shaped_table(self, table: str, params: list, buckets: dict) -> None:
+        """A big table's bucket functions by shape: the rules' bodies with their names and
+        constants taken out as parameters. Bodies of one shape are one function, made once per
+        bucket as a closure, so 10,000 rules compile as a few dozen functions, not 10,000."""
+        shapes: dict[tuple, tuple[str, list]] = {}   # body lines -> (shape name, its parameters)
+        made: list[tuple[str, str, list]] = []       # per bucket: shape, arguments, its rules
+        functions: dict[tuple, int] = {}             # bucket rules -> index in made
         entries = []
-        shared: dict[tuple, str] = {}   # values whose rules are the same share one function
         for value, members in buckets.items():
             ident = tuple(id(rule) for rule, _ in members)
-            fn = shared.get(ident)
-            if fn is None:
-                fn = shared[ident] = f"_b{self.tables}_{len(shared)}"
-                self.emit(0, "")
-                self.emit(0, f"def {fn}(d, m, {', '.join(params)}):")
-                ended = False
-                for rule, rest in members:
-                    ended = self._rule(rule, 1, "return True", when=rest)
-                    if ended:
-                        break
-                if not ended:
-                    self.emit(1, "return False")
-            entries.append(f"    {value!r}: {fn},")
+            index = functions.get(ident)
+            if index is None:
+                outer, outer_map = self.lines, self.line_map
+                self.lines, self.line_map, self._shape_args = [], {}, {}
+                try:
+                    self._bucket(members, 2)
+                    body, args = tuple(self.lines), self._shape_args
+                finally:
+                    self.lines, self.line_map, self._shape_args = outer, outer_map, None
+                shape = shapes.get(body)
+                if shape is None:
+                    shape = shapes[body] = (f"_s{self.tables}_{len(shapes)}", list(args.values()))
+                    self.emit(0, "")
+                    self.emit(0, f"def {shape[0]}({', '.join(shape[1])}):")
+                    self.emit(1, f"def b(d, m, {', '.join(params)}):")
+                    self.lines.extend(body)
+                    self.emit(1, "return b")
+                index = functions[ident] = len(made)
+                made.append((shape[0], list(args), [rule for rule, _ in members]))
+            entries.append(f"    {value!r}: _F{self.tables}[{index}],")
+        self.emit(0, "")
+        self.emit(0, f"_F{self.tables} = [")
+        for i, (shape, args, rules) in enumerate(made):
+            where = ", ".join(f"{_file(r.loc)}:{r.loc.line} {r.name}" for r in rules)
+            self.emit(1, f"{shape}({', '.join(args)}),  # {i}: {where}", rules[0].loc)
+        self.emit(0, "]")
         self.emit(0, "")
         self.emit(0, f"{table} = {{")
         self.lines.extend(entries)
         self.emit(0, "}")
-        fields = {key for rule in run for key in _keys_of(rule)}
-        return _Dispatch(table, params, run[0], run[-1], fields)
 
     # ---- one rule -------------------------------------------------------------------------
 
     def _rule(self, rule: CheckedRule, indent: int, end: str, when: object = "same") -> bool:
         """Emit one rule; True when it always ends the walk (nothing after it can run)."""
         cond = rule.when if when == "same" else when
-        self.emit(indent, f"# {_file(rule.loc)}:{rule.loc.line}: rule {rule.name}", rule.loc)
+        if self._shape_args is None:   # a shape's rules are named beside its table entries
+            self.emit(indent, f"# {_file(rule.loc)}:{rule.loc.line}: rule {rule.name}", rule.loc)
         if cond is not None:
             self.emit(indent, f"if {self.expr(cond)}:", rule.loc)
             indent += 1
-        self.emit(indent, f"m.append({rule.name!r})")
+        self.emit(indent, f"m.append({self._name(rule)})")
         terminal = False
         for action in rule.actions:
             self._action(rule, action, indent)
             if action.terminal:
-                self.emit(indent, f"d.rule = {rule.name!r}")
+                self.emit(indent, f"d.rule = {self._name(rule)}")
                 self.emit(indent, end)
                 terminal = True
                 break
