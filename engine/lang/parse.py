@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import math
+import os
+import sys
 from importlib import resources
+from pathlib import Path
 
+import lark
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
@@ -33,10 +38,48 @@ def grammar_text() -> str:
     return resources.files("edgerules.grammar").joinpath(GRAMMAR_NAME).read_text(encoding="utf-8")
 
 
+_GRAMMAR_OPTIONS = dict(parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=True)
+
+
 @functools.cache
 def build_parser() -> Lark:
-    return Lark(grammar_text(), parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True)
+    text = grammar_text()
+    cached = _grammar_cache(text)
+    if cached is not None:
+        try:
+            with open(cached, "rb") as f:
+                return Lark.load(f)
+        except FileNotFoundError:
+            pass
+        except Exception:   # unreadable or from another Lark: analyse the grammar again, rewrite it
+            pass
+    parser = Lark(text, **_GRAMMAR_OPTIONS)
+    if cached is not None:
+        fresh = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        try:
+            with open(fresh, "wb") as f:
+                parser.save(f)
+            os.replace(fresh, cached)   # whole or absent: a process starting beside this one never reads half
+        except OSError:
+            pass
+    return parser
+
+
+def _grammar_cache(text: str) -> Path | None:
+    """Where the analysed grammar is kept between processes (the user's cache directory, private
+    to them): analysing it is ~0.12 s of every start, loading it ~0.015 s. The name hashes the
+    grammar, the options, Lark's and Python's versions."""
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgerules"
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = base.stat()
+    except (OSError, RuntimeError, KeyError):   # no home, a read-only one: analyse it every time
+        return None
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:   # a pickle is loaded only from the user's own directory
+        return None
+    key = f"{text}\0{sorted(_GRAMMAR_OPTIONS.items())}\0{lark.__version__}\0{sys.version_info[:2]}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return base / f"grammar-{key}.lark"
 
 
 @functools.cache
