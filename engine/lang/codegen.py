@@ -75,7 +75,9 @@ class _Writer:
         self.tables = 0
         self.extracted: set = set()
         self._matchers: dict[str, object] = {}
-        self._shape_args: dict[str, str] | None = None   # set while a shared shape is written
+        self._shape_args: dict[str, tuple] | None = None   # while a shape is written: text -> (parameter, value)
+        self._rule_fields: dict[int, dict] = {}   # id(rule) -> {field key: Field}, in order of use
+        self._index_keys: dict[int, _IndexKey | None] = {}
 
     # ---- output ---------------------------------------------------------------------------
 
@@ -90,18 +92,18 @@ class _Writer:
             name = f"{prefix}{len(self.constants)}"
             self.constants[name] = value
             self._const_ids[id(value)] = name
-        return name if self._shape_args is None else self._param(name)
+        return name if self._shape_args is None else self._param(name, value)
 
-    def _param(self, text: str) -> str:
-        """Inside a shared shape: the parameter that stands for TEXT (a constant's name or a
-        literal), so bodies that differ only in those are one function."""
+    def _param(self, text: str, value: object) -> str:
+        """Inside a shared shape: the parameter that stands for VALUE (written TEXT: a constant's
+        name or a literal), so bodies that differ only in those are one function."""
         args = self._shape_args
         if text not in args:
-            args[text] = f"_p{len(args)}"
-        return args[text]
+            args[text] = (f"_p{len(args)}", value)
+        return args[text][0]
 
     def _name(self, rule: CheckedRule) -> str:
-        return repr(rule.name) if self._shape_args is None else self._param(repr(rule.name))
+        return repr(rule.name) if self._shape_args is None else self._param(repr(rule.name), rule.name)
 
     # ---- the whole function ---------------------------------------------------------------
 
@@ -125,7 +127,7 @@ class _Writer:
         self.emit(1, "m = d.matched = []")
         ended = False
         for kind, item in body:
-            self._extract(item.fields if kind == "dispatch" else _keys_of(item))
+            self._extract(item.fields if kind == "dispatch" else self._fields_of(item).keys())
             if kind == "rule":
                 ended = self._rule(item, 1, "return d")
             else:
@@ -152,9 +154,8 @@ class _Writer:
     def _collect_fields(self, rules) -> None:
         seen: dict[tuple, ast.Field] = {}
         for rule in rules:
-            for expr in _rule_exprs(rule):
-                for f in _fields(expr):
-                    seen.setdefault(f.key, f)
+            for key, f in self._fields_of(rule).items():
+                seen.setdefault(key, f)
         used = set()
         for key in sorted(seen, key=lambda k: (k[0], k[1] or "")):
             name, arg = key
@@ -194,8 +195,8 @@ class _Writer:
         """Rules in order; runs of DISPATCH_MIN+ rules keyed on one field become lists."""
         out, run = [], []
         for rule in rules:
-            key = _index_key(rule.when)
-            if run and (key is None or key.field != _index_key(run[0].when).field):
+            key = self._index_key(rule)
+            if run and (key is None or key.field != self._index_key(run[0]).field):
                 out.extend([run] if len(run) >= DISPATCH_MIN else run)
                 run = []
             if key is not None:
@@ -208,16 +209,15 @@ class _Writer:
     def _dispatch(self, run: list[CheckedRule]):
         self.tables += 1
         table = f"_D{self.tables}"
-        field_key = _index_key(run[0].when).field
+        field_key = self._index_key(run[0]).field
         params = [self.locals[field_key]]
         for rule in run:
-            for expr in _rule_exprs(rule):
-                for f in _fields(expr):
-                    if self.locals[f.key] not in params:
-                        params.append(self.locals[f.key])
+            for key in self._fields_of(rule):
+                if self.locals[key] not in params:
+                    params.append(self.locals[key])
         buckets: dict[object, list[tuple[CheckedRule, ast.Expr | None]]] = {}
         for rule in run:
-            key = _index_key(rule.when)
+            key = self._index_key(rule)
             for value in key.values:
                 bucket = buckets.setdefault(value, [])
                 if not any(r is rule for r, _ in bucket):
@@ -240,7 +240,7 @@ class _Writer:
             self.emit(0, f"{table} = {{")
             self.lines.extend(entries)
             self.emit(0, "}")
-        fields = {key for rule in run for key in _keys_of(rule)}
+        fields = {key for rule in run for key in self._fields_of(rule)}
         return _Dispatch(table, params, run[0], run[-1], fields)
 
     def _bucket(self, members: list, indent: int) -> None:
@@ -254,12 +254,14 @@ class _Writer:
 
     def _shaped_table(self, table: str, params: list, buckets: dict) -> None:
         """A big table's bucket functions by shape: the rules' bodies with their names and
-        constants taken out as parameters. Bodies of one shape are one function, made once per
-        bucket as a closure, so 10,000 rules compile as a few dozen functions, not 10,000."""
-        shapes: dict[tuple, tuple[str, list]] = {}   # body lines -> (shape name, its parameters)
-        made: list[tuple[str, str, list]] = []       # per bucket: shape, arguments, its rules
-        functions: dict[tuple, int] = {}             # bucket rules -> index in made
-        entries = []
+        constants taken out as parameters. Bodies of one shape are one function that makes a
+        closure per bucket from a data table (_A: shape and arguments; _V: value -> bucket), so
+        10,000 rules compile as a few functions and a listing in comments, not 10,000 functions."""
+        n = self.tables
+        shapes: dict[tuple, int] = {}            # body lines -> index in _S
+        made: list[tuple] = []                   # per bucket: (shape index, arguments, their texts, rules)
+        functions: dict[tuple, int] = {}         # bucket rules -> index in made
+        values: list[tuple] = []                 # (value, index in made)
         for value, members in buckets.items():
             ident = tuple(id(rule) for rule, _ in members)
             index = functions.get(ident)
@@ -273,25 +275,41 @@ class _Writer:
                     self.lines, self.line_map, self._shape_args = outer, outer_map, None
                 shape = shapes.get(body)
                 if shape is None:
-                    shape = shapes[body] = (f"_s{self.tables}_{len(shapes)}", list(args.values()))
+                    shape = shapes[body] = len(shapes)
                     self.emit(0, "")
-                    self.emit(0, f"def {shape[0]}({', '.join(shape[1])}):")
+                    self.emit(0, f"def _s{n}_{shape}({', '.join(p for p, _ in args.values())}):")
                     self.emit(1, f"def b(d, m, {', '.join(params)}):")
                     self.lines.extend(body)
                     self.emit(1, "return b")
                 index = functions[ident] = len(made)
-                made.append((shape[0], list(args), [rule for rule, _ in members]))
-            entries.append(f"    {value!r}: _F{self.tables}[{index}],")
+                made.append((shape, tuple(v for _, v in args.values()), list(args), [r for r, _ in members]))
+            values.append((value, index))
+        self.constants[f"_A{n}"] = tuple((shape, args) for shape, args, _, _ in made)
+        self.constants[f"_V{n}"] = tuple(values)
+        keys: list[list] = [[] for _ in made]
+        for value, index in values:
+            keys[index].append(repr(value))
         self.emit(0, "")
-        self.emit(0, f"_F{self.tables} = [")
-        for i, (shape, args, rules) in enumerate(made):
+        self.emit(0, f"_S{n} = ({', '.join(f'_s{n}_{i}' for i in range(len(shapes)))},)")
+        self.emit(0, f"# _D{n}[value] = _F{n}[i] = _S{n}[shape](*arguments), from the data tables _A{n} and _V{n}:")
+        for i, (shape, _, texts, rules) in enumerate(made):
             where = ", ".join(f"{_file(r.loc)}:{r.loc.line} {r.name}" for r in rules)
-            self.emit(1, f"{shape}({', '.join(args)}),  # {i}: {where}", rules[0].loc)
-        self.emit(0, "]")
-        self.emit(0, "")
-        self.emit(0, f"{table} = {{")
-        self.lines.extend(entries)
-        self.emit(0, "}")
+            self.emit(0, f"#   {i}: {', '.join(keys[i])} -> _s{n}_{shape}({', '.join(texts)})  {where}", rules[0].loc)
+        self.emit(0, f"_F{n} = [_S{n}[shape](*arguments) for shape, arguments in _A{n}]")
+        self.emit(0, f"{table} = {{value: _F{n}[i] for value, i in _V{n}}}")
+
+    def _fields_of(self, rule: CheckedRule) -> dict:
+        found = self._rule_fields.get(id(rule))
+        if found is None:
+            found = self._rule_fields[id(rule)] = {f.key: f for expr in _rule_exprs(rule) for f in _fields(expr)}
+        return found
+
+    def _index_key(self, rule: CheckedRule) -> _IndexKey | None:
+        try:
+            return self._index_keys[id(rule)]
+        except KeyError:
+            key = self._index_keys[id(rule)] = _index_key(rule.when)
+            return key
 
     # ---- one rule -------------------------------------------------------------------------
 
@@ -429,10 +447,6 @@ def _index_key(expr: ast.Expr | None) -> _IndexKey | None:
     if first.op == "in" and isinstance(first.right, ast.ListLit) and first.right.items and not is_cidr_test(first):
         return _IndexKey(first.left.key, tuple(dict.fromkeys(i.value for i in first.right.items)), rest)
     return None
-
-
-def _keys_of(rule: CheckedRule) -> set:
-    return {f.key for expr in _rule_exprs(rule) for f in _fields(expr)}
 
 
 def _rule_exprs(rule: CheckedRule):
