@@ -65,9 +65,25 @@ class _Reader:
     def __init__(self, regexes: dict, keys: frozenset):
         self.regexes = regexes
         self.keys = keys
+        # Per condition node, read once: the passes ask about the same nodes several times each.
+        # Keyed by id, with the node kept so the id is not reused while the entry lives.
+        self._constraints: dict[int, tuple] = {}
+        self._shapes: dict[int, tuple] = {}
 
     def constraint(self, e: ast.Expr) -> Constraint | bool | None:
         """A Constraint, True/False for a constant, None when opaque."""
+        known = self._constraints.get(id(e))
+        if known is None or known[0] is not e:
+            known = self._constraints[id(e)] = (e, self._read(e))
+        return known[1]
+
+    def shape(self, e: ast.Expr) -> object:
+        known = self._shapes.get(id(e))
+        if known is None or known[0] is not e:
+            known = self._shapes[id(e)] = (e, _shape(e))
+        return known[1]
+
+    def _read(self, e: ast.Expr) -> Constraint | bool | None:
         if isinstance(e, ast.Literal) and e.type == "bool":
             return e.value
         if isinstance(e, ast.Field) and e.name == "stream":
@@ -240,7 +256,7 @@ def _num(x) -> str:
 
 def _implies(reader: _Reader, b: ast.Expr, a: ast.Expr) -> bool:
     """Whenever b holds, a holds (False when the checker cannot prove it)."""
-    if _shape(b) == _shape(a):
+    if reader.shape(b) == reader.shape(a):
         return True
     if isinstance(a, ast.Or) and any(_implies(reader, b, x) for x in a.operands):
         return True
