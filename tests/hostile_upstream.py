@@ -35,9 +35,65 @@ def anthropic_event(kind: str, **fields) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + json.dumps({"type": kind, **fields}).encode() + b"\n\n"
 
 
+def split_echo(model: str, key: str, asked: str) -> list[str]:
+    """The key (and what the client asked, e.g. a gateway key) echoed in text deltas cut so that
+    each secret spans 2 events (`split-key-2`), 3 events (`split-key-3`) or many (`split-key-tokens`)."""
+    text = f"Here is {key} and {asked} - the end."
+    if model == "split-key-tokens":
+        cuts = list(range(3, len(text), 3))
+    else:
+        offsets = ((2, 1),) if model == "split-key-2" else ((5, 1), (5, 3))   # after len*n/d characters
+        cuts = sorted(text.index(s) + len(s) * n // d for s in (key, asked) if s for d, n in offsets)
+    bounds = [0, *cuts, len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def asked_text(request: dict) -> str:
+    """The text of a request's `input` or last message: what an echo may repeat."""
+    if isinstance(request.get("input"), str):
+        return request["input"]
+    messages = request.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    content = last.get("content") if isinstance(last, dict) else ""
+    if isinstance(content, list):
+        content = "".join(b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str))
+    return content if isinstance(content, str) else ""
+
+
+def delta_events(pieces: list[str], path: str) -> list[bytes]:
+    """Text deltas framed as the path's API streams them: Messages, Responses or chat chunks."""
+    text = "".join(pieces)
+    if path.endswith("/messages"):
+        return [anthropic_event("message_start", message={"id": "msg_h", "type": "message", "role": "assistant",
+                                                          "model": "h", "content": [], "stop_reason": None,
+                                                          "usage": {"input_tokens": 2, "output_tokens": 0}}),
+                anthropic_event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+                *[anthropic_event("content_block_delta", index=0, delta={"type": "text_delta", "text": p})
+                  for p in pieces],
+                anthropic_event("content_block_stop", index=0),
+                anthropic_event("message_delta", delta={"stop_reason": "end_turn", "stop_sequence": None},
+                                usage={"output_tokens": len(pieces)}),
+                anthropic_event("message_stop")]
+    if path.endswith("/responses"):
+        head = {"id": "resp_h", "object": "response", "created_at": 1, "model": "h", "status": "in_progress",
+                "output": []}
+        item = {"id": "msg_h", "type": "message", "role": "assistant", "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}]}
+        done = {**head, "status": "completed", "output": [item],
+                "usage": {"input_tokens": 2, "output_tokens": len(pieces), "total_tokens": 2 + len(pieces)}}
+        return [anthropic_event("response.created", response=head),
+                *[anthropic_event("response.output_text.delta", item_id="msg_h", output_index=0, content_index=0,
+                                  delta=p) for p in pieces],
+                anthropic_event("response.output_text.done", item_id="msg_h", output_index=0, content_index=0,
+                                text=text),
+                anthropic_event("response.completed", response=done)]
+    return [*[chunk(p) for p in pieces], chunk(finish="stop"), b"data: [DONE]\n\n"]
+
+
 class Exchange:
     def __init__(self, reader, writer, key: str):
         self.reader, self.writer, self.key = reader, writer, key
+        self.asked = ""   # the text of the request's last message (or its `input`)
 
     async def head(self, status: int = 200, ctype: str = "text/event-stream", length: int | None = None,
                    extra: str = "") -> None:
@@ -100,6 +156,8 @@ async def behave(x: Exchange, model: str, path: str) -> None:
         await x.part(chunk(finish="stop"))
         await x.part(b"data: [DONE]\n\n")
         await x.end()
+    elif model in ("split-key-2", "split-key-3", "split-key-tokens"):
+        await x.stream(delta_events(split_echo(model, key, x.asked), path))
     elif model in ("long-error-text", "long-error-json"):
         # The key straddles character 300, then comes again and again: wherever a cut falls
         # before redaction, part of a key would show.
@@ -175,6 +233,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             return
         STATS["requests"] += 1
         request = json.loads(body or b"{}")
+        x.asked = asked_text(request)
         await behave(x, str(request.get("model", "")), path)
     except (ConnectionError, asyncio.IncompleteReadError):
         pass

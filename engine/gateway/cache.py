@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from .errors import GatewayError
 from .pipeline import SSE_HEADERS
 from .providers.base import parsed_answer_limit
+from .redact import policy_redactor
 from .replay import StreamAssembler, stream_events
 from .requests import parse_size
 from .usage import ask_stream_usage, client_asked_usage
@@ -187,7 +188,10 @@ class ResponseCache:
             async for event in events:
                 yield event
             if assembler is not None and assembler.complete and call.status == 200:
-                entry = self._entry(call, orjson.dumps(assembler.completion()))
+                # Redacted whole as well: a secret the stream's events carried apart is one string here.
+                redactor = policy_redactor(call.live.policy)
+                body = orjson.dumps(assembler.completion())
+                entry = self._entry(call, redactor.bytes(body) if redactor else body)
         finally:
             await events.aclose()
             await self._finish(key, done, entry, no_store, token)

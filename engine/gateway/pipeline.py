@@ -14,6 +14,7 @@ from ..lang.spec import Single, Target
 from .errors import GatewayError, error_body
 from .providers import ProviderError, UpstreamResponse
 from .redact import policy_redactor
+from .streamredact import StreamRedactor
 from .retry import is_retryable, retry_delay
 from .hedge import race
 from .router import HedgePlan, plan, resolve_model
@@ -368,15 +369,19 @@ async def _relay(gw: "Gateway", call: Call, first: bytes, events: AsyncIterator[
     tap = call.tap
     deadline_at = call.deadline_at
     redactor = policy_redactor(call.live.policy)
-    redactor = redactor if redactor else None
+    # Events come whole (a secret split over two network reads is joined by then); one split
+    # over two events is caught by holding the first back (streamredact). Redacted before any
+    # tap, so neither the cache nor the usage reader sees a secret.
+    scrub = StreamRedactor(redactor, _delta_shape(call)) if redactor else None
     try:
         event = first
         while True:
-            # Events come whole (a secret split over two network reads is joined by then), and are
-            # redacted before any tap, so neither the cache nor the usage reader sees a secret.
-            out = redactor.bytes(event) if redactor is not None else event
-            if tap is not None:
-                out = _tapped(tap, out) if len(out) < TAP_SLICE else await _tapped_in_slices(tap, out)
+            if len(event) < TAP_SLICE:
+                out = scrub.feed(event) if scrub is not None else event
+                if tap is not None and out:
+                    out = _tapped(tap, out)
+            else:
+                out = await _tapped_in_slices(tap, event, scrub)
             if out:
                 yield out
             event = await events.__anext__()
@@ -384,8 +389,11 @@ async def _relay(gw: "Gateway", call: Call, first: bytes, events: AsyncIterator[
                 raise ProviderError(504, f"the request's deadline of {call.decision.deadline:g}s passed "
                                          f"mid-stream", kind="timeout")
     except StopAsyncIteration:
-        pass
+        if scrub is not None and (out := scrub.close()):
+            yield _tapped(tap, out) if tap is not None else out
     except ProviderError as exc:
+        if scrub is not None and (out := scrub.close()):   # the text before the failure is delivered
+            yield _tapped(tap, out) if tap is not None else out
         call.status = 502 if exc.kind != "timeout" else 504
         call.error, call.error_code = _public(call, exc.message), "upstream_stream_error"
         # A named `error` event: the anthropic SDK ignores unnamed events, the openai SDK raises on either.
@@ -397,15 +405,27 @@ async def _relay(gw: "Gateway", call: Call, first: bytes, events: AsyncIterator[
         await gw.finish(call)
 
 
-async def _tapped_in_slices(tap, blob: bytes) -> bytes:
-    """A read that brought thousands of events: tapped a slice at a time, letting other requests
-    run in between, so no stream holds the loop for more than a few milliseconds."""
+def _delta_shape(call: Call) -> str:
+    """Where the stream's events carry their text: chat chunks, or the ingress shape's events."""
+    return "chat" if call.ingress is None else call.ingress.ingress.delta_shape
+
+
+async def _tapped_in_slices(tap, blob: bytes, scrub=None) -> bytes:
+    """A read that brought thousands of events: redacted and tapped a slice at a time, letting
+    other requests run in between, so no stream holds the loop for more than a few milliseconds."""
+    if scrub is None and tap is None:
+        return blob
     events = [event + b"\n\n" for event in blob.split(b"\n\n") if event]
     out = []
     for at in range(0, len(events), TAP_SLICE_EVENTS):
         if at:
             await asyncio.sleep(0)
-        out.extend(tap(event) for event in events[at:at + TAP_SLICE_EVENTS])
+        for event in events[at:at + TAP_SLICE_EVENTS]:
+            if scrub is not None:
+                event = scrub.feed(event)
+            if tap is not None and event:
+                event = _tapped(tap, event)   # a released event and this one may come together
+            out.append(event)
     return b"".join(out)
 
 

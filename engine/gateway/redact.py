@@ -15,7 +15,7 @@ class Redactor:
     """Replaces each of a fixed set of secrets; false when there is nothing to hide, so callers
     skip it entirely. One `in` test per secret (a fast linear search) and a replace when found."""
 
-    __slots__ = ("texts", "blobs")
+    __slots__ = ("texts", "blobs", "_split")
 
     def __init__(self, secrets=()):
         # Longest first: a secret that contains another one is replaced whole.
@@ -23,6 +23,15 @@ class Redactor:
                        key=len, reverse=True)
         self.texts = tuple(found)
         self.blobs = tuple(s.encode("utf-8") for s in found)
+        self._split = None
+
+    def split_secrets(self):
+        """What a stream needs to catch a secret cut across its events (streamredact.SplitSecrets),
+        built on the first stream of a policy with secrets."""
+        if self._split is None:
+            from .streamredact import SplitSecrets
+            self._split = SplitSecrets(self.texts)
+        return self._split
 
     def __bool__(self) -> bool:
         return bool(self.texts)

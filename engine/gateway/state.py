@@ -15,6 +15,7 @@ from ..observe.requestlog import build_row
 from .auth import KeyRing
 from .metrics import Metrics
 from .providers import Provider, build_provider
+from .redact import policy_redactor
 from .keypool import bind_pools
 from .hedge import hedged_attempts
 from .retrybudget import RetryBudgets
@@ -233,6 +234,8 @@ class Gateway:
         except orjson.JSONEncodeError:   # never expected (bodies are validated), never fatal here
             entry.pop("request", None)
             line = orjson.dumps(entry)
+        if level == "full":   # the body as sent: a client may have pasted a key into it
+            line = policy_redactor(call.live.policy).bytes(line)
         access_log.info(line.decode())
 
 

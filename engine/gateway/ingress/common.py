@@ -24,6 +24,7 @@ class Ingress:
     path = ""                       # the upstream path of a same-format provider, e.g. "/messages"
     native: frozenset = frozenset()  # provider formats that get the body as sent
     named_events = False            # SSE events carry `event: <type>` lines
+    delta_shape = "chat"            # where its stream events carry text (streamredact.SHAPES)
     final_events: frozenset = frozenset()   # the event types that end a whole stream ([DONE] if none)
     # Fields of the body as sent that the chat form restates: left out of what the policy reads
     # (the chat form's messages already hold a Responses `input`; counting both would double it).

@@ -11,6 +11,7 @@ _TYPES = {"prompt": (str, list), "max_tokens": (int,), "temperature": (int, floa
 
 class CompletionsIngress(Ingress):
     path = "/completions"
+    delta_shape = "completions"
     native = frozenset({"openai"})
 
     def validate(self, body: dict) -> None:

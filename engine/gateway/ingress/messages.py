@@ -24,6 +24,7 @@ class MessagesIngress(Ingress):
     path = "/messages"
     native = frozenset({"anthropic"})
     named_events = True
+    delta_shape = "messages"
     final_events = frozenset({b"message_stop"})
 
     def credential(self, headers: dict) -> str | None:

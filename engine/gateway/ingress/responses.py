@@ -25,6 +25,7 @@ class ResponsesIngress(Ingress):
     path = "/responses"
     native = frozenset({"openai"})
     named_events = True
+    delta_shape = "responses"
     final_events = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
     restated = frozenset({"input"})
 
