@@ -15,6 +15,8 @@ general way, which gives the exact diagnostics of before.
 """
 from __future__ import annotations
 
+import re
+
 from lark import Lark, Token, Tree
 
 try:   # Lark's internals (tested with lark 1.1.9-1.3): without them parse.py uses the general parse
@@ -70,7 +72,8 @@ class FastParser:
             scanner = basic.scanner
             if len(scanner._mres) != 1:
                 raise ValueError("a lexer split over several regexes")
-            self.lexers[state] = (scanner._mres[0].match, basic.callback, basic.newline_types, basic.ignore_types)
+            self.lexers[state] = (_skipping(scanner, basic.ignore_types).match, basic.callback, basic.newline_types,
+                                  basic.ignore_types)
 
     def parse(self, text: str, file: str) -> ast.Program | None:
         """The AST of one file, or None: parse it the general way."""
@@ -98,8 +101,8 @@ class FastParser:
             return lambda children: wrapper(method, name, children, _Meta(tokens[span[0]], tokens[-1]))
 
         users = {}
-        return [(n, make(users[name] if name in users else users.setdefault(name, user(name))), origin)
-                for n, make, name, origin in self.filters]
+        return [(n, None if make is None else make(users[name] if name in users else users.setdefault(name, user(name))),
+                 origin) for n, make, name, origin in self.filters]
 
     def _run(self, text: str, reductions: list, tokens: list, span: list):
         states, lexers, end_state, max_depth = self.states, self.lexers, self.end_state, self.max_depth
@@ -112,10 +115,21 @@ class FastParser:
             if pos < size:
                 match, unless, newline_types, ignore_types = lexers[state_stack[-1]]
                 m = match(text, pos)
-                if m is None:
-                    return None
-                value, token_type = m.group(0), m.lastgroup
-                start, token_line, column = pos, line, pos - line_start + 1
+                token_type = m.lastgroup
+                if token_type is None:   # only ignored text: the end, or what no terminal matches
+                    if m.end() < size:
+                        return None
+                    pos = size
+                    continue
+                value = m.group(token_type)
+                start = m.end() - len(value)
+                if start != pos:   # whitespace and comments skipped before the token
+                    newlines = text.count("\n", pos, start)
+                    if newlines:
+                        line += newlines
+                        line_start = text.rindex("\n", pos, start) + 1
+                    pos = start
+                token_line, column = line, pos - line_start + 1
                 if token_type in newline_types:
                     newlines = value.count("\n")
                     if newlines:
@@ -144,6 +158,11 @@ class FastParser:
                     shifted(token)
                     break
                 n, callback, origin = reductions[-1 - action]
+                if callback is None:   # `?rule: child`: the child itself, under the rule's state
+                    goto = state_stack[-1] = states[state_stack[-2]][origin]
+                    if token is None and goto == end_state:
+                        return values[-1]
+                    continue
                 if n:
                     first = span[0] = starts[-n]
                     children = values[-n:]
@@ -160,10 +179,31 @@ class FastParser:
                     return values[-1]
 
 
+_IGNORABLE = (" ", "\t", "\r", "\n", "\f", "#x", "//x", "/*x*/", ";x")
+
+
+def _skipping(scanner, ignore_types) -> re.Pattern:
+    """The state's master regex behind a run of its ignored terminals (whitespace, comments), and
+    the token made optional: one match a token instead of one per token and one per gap. Only
+    where no other terminal can start where an ignored one does (then the skip changes nothing)."""
+    (master,) = scanner._mres
+    ignored = [t.pattern.to_regexp() for t in scanner.terminals if t.name in ignore_types]
+    if not ignored:
+        return master
+    for t in scanner.terminals:
+        if t.name not in ignore_types:
+            other = re.compile(t.pattern.to_regexp(), master.flags)
+            for sample in _IGNORABLE:
+                if any(re.match(p, sample, master.flags) for p in ignored) and other.match(sample):
+                    raise ValueError(f"terminal {t.name} can start where an ignored one does")
+    return re.compile(f"(?:{'|'.join(ignored)})*(?:{master.pattern})?", master.flags)
+
+
 def _child_filter(rule, placeholders: bool):
     """(make, name): make(user) is Lark's child filter for RULE, written out as one expression
     (`user([c[1], None] + c[3])`), and name the method it calls. An inlined `_rule` builds no
-    Tree: its value is its children's list, spliced into its parent's."""
+    Tree: its value is its children's list, spliced into its parent's. make is None for a
+    `?rule` of one kept child: its value is that child, whatever the method."""
     name = rule.alias or rule.options.template_source or rule.origin.name
     inlined = str(rule.origin.name).startswith("_")
     if inlined and name != rule.origin.name:
@@ -192,6 +232,8 @@ def _child_filter(rule, placeholders: bool):
     if items or not parts:
         parts.append("[" + ", ".join(items) + "]")
     children = " + ".join(parts)
+    if children == "[c[0]]" and rule.options.expand1 and not rule.alias and not inlined:
+        return None, name   # one kept child and a `?rule`: the reduction passes it on as it is
     if inlined:
         body = children
     elif rule.options.expand1 and not rule.alias:
