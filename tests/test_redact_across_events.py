@@ -5,6 +5,7 @@ in the next, or token by token) never reaches the client or the request log, who
 gateway and the hostile upstream (tests/hostile_upstream.py, `split-key-*`)."""
 from __future__ import annotations
 
+import random
 import re
 
 import anthropic
@@ -13,6 +14,8 @@ import openai
 import orjson
 import pytest
 
+from edgerules.gateway.redact import Redactor
+from edgerules.gateway.streamredact import StreamRedactor
 from gw import start_gateway
 from procs import wait_until
 from test_secrets import GATEWAY_KEY, PROVIDER_KEY, assert_clean, start_hostile
@@ -129,3 +132,46 @@ def test_the_log_never_shows_a_secret(gateway):
 def _row(gw, rid: str) -> dict | None:
     resp = gw.http.get(f"/admin/requests/{rid}")
     return resp.json() if resp.status_code == 200 else None
+
+
+# ---- the text pass itself, against redacting the whole text at once ----------------------------
+
+def test_random_cuts_give_what_redacting_the_whole_text_gives():
+    """Random texts of filler, whole secrets and pieces of them (one secret begins another), cut at
+    random into deltas of each shape: the deltas put together are the whole text redacted at once,
+    but for at most 3 characters of a secret before its "[redacted]"; no event is added or lost."""
+    secrets = [PROVIDER_KEY, GATEWAY_KEY, PROVIDER_KEY[:13]]
+    redactor, rng = Redactor(secrets), random.Random(7)
+    for _ in range(1500):
+        shape = rng.choice(list(_FRAMES))
+        parts = []
+        for _ in range(rng.randint(1, 6)):
+            secret = rng.choice(secrets)
+            start = rng.choice([0, 0, 0, rng.randint(0, len(secret))])
+            end = rng.choice([len(secret), len(secret), rng.randint(start, len(secret))])
+            parts += ["".join(rng.choice("ab sk-y0") for _ in range(rng.randint(0, 12))), secret[start:end]]
+        text = "".join(parts) + "."
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(1, 30))))
+        bounds = [0, *cuts, len(text)]
+        scrub = StreamRedactor(redactor, shape)
+        frame, read = _FRAMES[shape]
+        out = b"".join(scrub.feed(frame(text[a:b], k)) for k, (a, b) in enumerate(zip(bounds, bounds[1:])))
+        out += scrub.feed(b"data: [DONE]\n\n") + scrub.close()
+        events = [e for e in out.split(b"\n\n") if e]
+        assert len(events) == len(bounds)   # the deltas and [DONE]
+        got = "".join(read(orjson.loads(e.split(b"data: ", 1)[1])) for e in events[:-1])
+        whole = re.split(r"(\[redacted\])", redactor.text(text))
+        expected = "".join("(?:.{0,3})" + re.escape(p) if p == "[redacted]" else re.escape(p) for p in whole)
+        assert re.fullmatch(expected, got), (shape, text, cuts, got)
+
+
+_FRAMES = {
+    "chat": (lambda p, k: b"data: " + orjson.dumps({"choices": [{"index": 0, "delta": {"content": p}}]}) + b"\n\n",
+             lambda e: e["choices"][0]["delta"]["content"]),
+    "responses": (lambda p, k: b"event: response.output_text.delta\ndata: " + orjson.dumps(
+        {"type": "response.output_text.delta", "sequence_number": k, "output_index": 0, "delta": p}) + b"\n\n",
+                  lambda e: e["delta"]),
+    "messages": (lambda p, k: b"event: content_block_delta\ndata: " + orjson.dumps(
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}) + b"\n\n",
+                 lambda e: e["delta"]["text"]),
+}

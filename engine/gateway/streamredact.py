@@ -21,13 +21,22 @@ class SplitSecrets:
     """A policy's secrets as a stream needs them, built once: one pattern for all of them and
     every proper prefix (an ending that the next event may complete)."""
 
-    __slots__ = ("texts", "pattern", "prefixes", "longest")
+    __slots__ = ("texts", "pattern", "prefixes", "longest", "shortest")
 
     def __init__(self, texts: tuple[str, ...]):
         self.texts = texts   # longest first, as the Redactor keeps them: a secret inside another loses
         self.pattern = re.compile("|".join(re.escape(t) for t in texts))
         self.prefixes = frozenset(t[:k] for t in texts for k in range(1, len(t)))
         self.longest = max(map(len, texts))
+        self.shortest = min(map(len, texts))
+
+    def find(self, text: str) -> list:
+        """Every secret in text, leftmost first (the longest where several begin at one place)."""
+        if len(text) >= self.shortest:   # most deltas are a token or two: shorter than any secret
+            for secret in self.texts:
+                if secret in text:
+                    return list(self.pattern.finditer(text))
+        return []
 
     def open_end(self, text: str, start: int) -> int:
         """The length of the longest ending of text[start:] that begins a secret (0 for none)."""
@@ -64,14 +73,17 @@ class StreamRedactor:
 
     def feed(self, blob: bytes) -> bytes:
         """What to send for one read of the stream (b"" while its only event is held)."""
-        blob = self.redactor.bytes(blob)
         if blob.count(b"\n\n") <= 1:
-            return self._event(blob)
-        return b"".join([self._event(e + b"\n\n") for e in blob.split(b"\n\n") if e])
+            out = self._event(blob)
+        else:
+            out = b"".join([self._event(e + b"\n\n") for e in blob.split(b"\n\n") if e])
+        # Then every secret in what goes out (ids, names, any field), as for a JSON answer: after the
+        # text pass, which knows that a held ending like "sk-ab12" may begin a longer secret.
+        return self.redactor.bytes(out)
 
     def close(self) -> bytes:
         """The held event, if any: at the end of the stream or before its error event."""
-        return self._release() if self.held is not None else b""
+        return self.redactor.bytes(self._release()) if self.held is not None else b""
 
     def _event(self, event: bytes) -> bytes:
         kind, data = None, event
@@ -122,28 +134,17 @@ class StreamRedactor:
         secrets = self.secrets
         pending, sent = self.channels.get(key, ("", 0))
         s = pending + text if pending else text
-        found = None
-        for secret in secrets.texts:
-            if secret in s:
-                found = list(secrets.pattern.finditer(s))
-                break
-        last = found[-1].end() if found else 0
-        k = secrets.open_end(s, last)
+        found = secrets.find(s)
+        k = secrets.open_end(s, 0)
         start = len(s) - k
+        for m in found:
+            # A secret that is complete and reaches into the open ending is redacted whole; the
+            # ending starts after it. One inside the ending may still grow into a longer secret.
+            if m.start() < start < m.end():
+                k = secrets.open_end(s, m.end())
+                start = len(s) - k
         cut = max(start, sent) if k >= HOLD_MIN and may_hold else len(s)
-        if found:
-            pieces, at = [], sent
-            for m in found:
-                if m.end() <= at:
-                    continue
-                if m.start() > at:
-                    pieces.append(s[at:m.start()])
-                pieces.append(REPLACEMENT)   # one that began in what went out: the rest is hidden
-                at = m.end()
-            pieces.append(s[at:cut])
-            released = "".join(pieces)
-        else:
-            released = s[sent:cut]
+        released = _redacted(s, found, sent, cut) if found else s[sent:cut]
         if k:
             self.channels[key] = (s[start:], cut - start)
         elif pending:
@@ -153,9 +154,27 @@ class StreamRedactor:
     def _release(self) -> bytes:
         held, self.held = self.held, None
         pending, sent = self.channels[held.key]
-        held.box[held.field] = held.head + pending[sent:]
+        found = self.secrets.find(pending)   # the ending may hold a secret that a longer one begins with
+        held.box[held.field] = held.head + (_redacted(pending, found, sent, len(pending)) if found
+                                            else pending[sent:])
         self.channels[held.key] = (pending, len(pending))
         return _framed(held.event, held.kind)
+
+
+def _redacted(s: str, found: list, at: int, cut: int) -> str:
+    """s[at:cut] with each secret found replaced; s[:at] went out already."""
+    pieces = []
+    for m in found:
+        if m.end() <= at:
+            continue
+        if m.end() > cut:
+            break   # in the held ending: a longer secret may still begin there
+        if m.start() > at:
+            pieces.append(s[at:m.start()])
+        pieces.append(REPLACEMENT)   # one that began in what went out: the rest is hidden
+        at = m.end()
+    pieces.append(s[at:cut])
+    return "".join(pieces)
 
 
 def _framed(event: dict, kind: bytes | None) -> bytes:
@@ -222,9 +241,11 @@ def _messages_slots(event: dict) -> list:
     delta = event.get("delta")
     if delta.__class__ is not dict:
         return []
-    index = _plain(event.get("index"))
-    return [((index, name), delta, name, False) for name in _MESSAGES_TEXT
-            if delta.get(name).__class__ is str and delta[name]]
+    for name in _MESSAGES_TEXT:   # a delta carries one of them
+        value = delta.get(name)
+        if value.__class__ is str:
+            return [((_plain(event.get("index")), name), delta, name, False)] if value else []
+    return []
 
 
 def _any(kind) -> bool:
