@@ -32,8 +32,8 @@ rule pass   { route up }
 SPLITS = ["split-key-2", "split-key-3", "split-key-tokens"]
 VIAS = ["openai", "anthropic"]   # the upstream's format: passed through for one shape, translated for the other
 # What the hostile upstream says, a secret in each "[redacted]": the 1-3 characters of a secret that
-# end one event go out before the next one shows whether a secret follows (docs: the README's
-# secrets section); what follows them is replaced.
+# end one event go out before the next one shows whether a secret follows (README, "Operating it",
+# Keys); what follows them is replaced.
 SAID = re.compile(re.escape("Here is ") + "(.{0,3})" + re.escape("[redacted] and ") + "(.{0,3})"
                   + re.escape("[redacted] - the end."))
 
