@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from pathlib import Path
 
@@ -44,6 +45,12 @@ RELOAD_SWITCH_INTERVAL = 0.0005   # seconds
 # this process only rebuilds the result, about a fifth of the work.
 HELPER_BYTES = 200_000
 HELPER_NICE = 10   # the helper's scheduling priority, below the serving process's
+# A replaced policy of this many rules is freed a slice of RELEASE_SLICE objects at a time once
+# no request uses it (checked every RELEASE_POLL s; after RELEASE_WAIT s it is left to Python).
+RELEASE_RULES = 1_000
+RELEASE_SLICE = 500
+RELEASE_POLL = 0.1
+RELEASE_WAIT = 600.0
 
 
 class Reloader:
@@ -55,6 +62,7 @@ class Reloader:
         self._failed_version: str | None = None
         self.settle_seconds = float(os.environ.get(ENV_SETTLE) or DEFAULT_SETTLE)
         self._helper: ProcessPoolExecutor | None = None
+        self._releases: set[asyncio.Task] = set()
 
     async def reload(self, reason: str, force: bool = False, settle: bool = True) -> dict:
         """Load, check and compile in a worker thread; install only a policy that loaded.
@@ -95,6 +103,8 @@ class Reloader:
             return self._failed(PolicyError([_diagnostic("reload-refused", message)]), reason)
         self._failed_version = None
         changes = self.gw.install(policy)
+        if old is not None and len(old.rules) >= RELEASE_RULES:
+            self._release_later(old)
         self.gw.last_error = None
         self.gw.metrics.reloads["ok"] += 1
         ms = (time.perf_counter() - started) * 1000
@@ -126,6 +136,14 @@ class Reloader:
                     if policy is not None:
                         return policy
         return await _off_the_loop(load_policy, self.path)
+
+    def _release_later(self, old) -> None:
+        """Free the replaced policy a slice at a time once its last request is done, instead of
+        in one decref wherever that happens (~20 ms on the event loop at 10,000 rules)."""
+        objects, namespaces = old.bulk()
+        task = asyncio.get_running_loop().create_task(_release(weakref.ref(old), objects, namespaces))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     def _size(self) -> int:
         return sum(max(size, 0) for _, size, _ in self._snapshot())
@@ -177,6 +195,8 @@ class Reloader:
 
     async def stop(self) -> None:
         self._close_helper()
+        for task in list(self._releases):   # what they hold is freed with the process
+            task.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -250,6 +270,20 @@ class Reloader:
                 log.exception("the policy watcher failed; restarting it in %.0f s (the poller goes on)",
                               POLL_SECONDS)
             await asyncio.sleep(POLL_SECONDS)
+
+
+async def _release(policy, objects: list, namespaces: list[dict]) -> None:
+    """Wait for the policy (a weak reference) to be gone, then drop what it held a slice at a time."""
+    give_up = time.monotonic() + RELEASE_WAIT
+    while policy() is not None and time.monotonic() < give_up:
+        await asyncio.sleep(RELEASE_POLL)
+    if policy() is None:
+        for namespace in namespaces:   # nothing runs its code any more: break the cycle
+            namespace.clear()
+    namespaces.clear()
+    while objects:
+        del objects[-RELEASE_SLICE:]
+        await asyncio.sleep(0)
 
 
 def _background() -> None:
