@@ -21,16 +21,19 @@ SECRETS = ["sk-proj-4f9a1c7e2b8d6f0a3c5e7b9d1f2a4c6e8b0d2f4a", "sk-ant-api03-7d2
            "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY", "sk-gw-team-alpha-0123456789abcdef",
            "sk-gw-team-beta-fedcba9876543210"]
 PROSE = ("The answer to your question is that keys should be stored in a secrets manager, rotated "
-         "often, and never pasted into prompts. Here is the one you sent: " + SECRETS[0] +
-         " - please revoke it. Tools such as vaults and KMS services make this simple. ")
+         "often, and never pasted into prompts. Tools such as vaults and KMS services make this simple. ")
 EVENTS = 2_000
 
 
-def tokens(text: str, count: int) -> list[str]:
+def tokens(count: int) -> list[str]:
+    """Prose in tokens of 1-4 characters, the key echoed once in the middle."""
+    text = PROSE * (count * 3 // len(PROSE) + 1)
+    middle = len(text) // 2
+    text = text[:middle] + " Here is the one you sent: " + SECRETS[0] + " - revoke it. " + text[middle:]
     out, at, sizes = [], 0, (3, 1, 4, 2)
     while len(out) < count:
         size = sizes[len(out) % 4]
-        out.append(text[at % len(text):at % len(text) + size] or text[:size])
+        out.append(text[at:at + size])
         at += size
     return out
 
@@ -55,7 +58,7 @@ def messages_events(pieces: list[str]) -> list[bytes]:
 
 
 SHAPES = {"chat": chat_events, "responses": responses_events, "messages": messages_events}
-STREAMS = {shape: make(tokens(PROSE, EVENTS)) for shape, make in SHAPES.items()}
+STREAMS = {shape: make(tokens(EVENTS)) for shape, make in SHAPES.items()}
 REDACTOR = Redactor(SECRETS)
 
 

@@ -21,7 +21,7 @@ class SplitSecrets:
     """A policy's secrets as a stream needs them, built once: one pattern for all of them and
     every proper prefix (an ending that the next event may complete)."""
 
-    __slots__ = ("texts", "pattern", "prefixes", "longest", "shortest")
+    __slots__ = ("texts", "pattern", "prefixes", "longest", "shortest", "first")
 
     def __init__(self, texts: tuple[str, ...]):
         self.texts = texts   # longest first, as the Redactor keeps them: a secret inside another loses
@@ -29,6 +29,7 @@ class SplitSecrets:
         self.prefixes = frozenset(t[:k] for t in texts for k in range(1, len(t)))
         self.longest = max(map(len, texts))
         self.shortest = min(map(len, texts))
+        self.first = re.compile("[" + "".join(sorted({re.escape(t[0]) for t in texts})) + "]")
 
     def find(self, text: str) -> list:
         """Every secret in text, leftmost first (the longest where several begin at one place)."""
@@ -40,8 +41,12 @@ class SplitSecrets:
 
     def open_end(self, text: str, start: int) -> int:
         """The length of the longest ending of text[start:] that begins a secret (0 for none)."""
+        n = len(text)
+        lo = max(start, n - self.longest + 1)
+        if self.first.search(text, lo) is None:   # most texts end far from any secret's first character
+            return 0
         prefixes = self.prefixes
-        for k in range(min(len(text) - start, self.longest - 1), 0, -1):
+        for k in range(n - lo, 0, -1):
             if text[-k:] in prefixes:
                 return k
         return 0
@@ -100,6 +105,13 @@ class StreamRedactor:
                 slots = self.slots(parsed)
         if not slots:   # no text: whatever is held goes first, and this event as it came
             return event if self.held is None else self._release() + event
+        if self.held is None and len(slots) == 1:
+            # The common case, checked first: nothing open on the channel, and a delta too short
+            # to hold a secret whose ending begins none.
+            key, box, field, _ = slots[0]
+            text = box[field]
+            if key not in self.channels and len(text) < self.secrets.shortest and not self.secrets.open_end(text, 0):
+                return event
         out = []
         may_hold = len(slots) == 1 and not slots[0][3]
         changed = False
@@ -148,7 +160,7 @@ class StreamRedactor:
         if k:
             self.channels[key] = (s[start:], cut - start)
         elif pending:
-            self.channels[key] = ("", 0)
+            del self.channels[key]
         return released, s[cut:]
 
     def _release(self) -> bytes:
@@ -217,6 +229,14 @@ def _choice_slots(event: dict, names: tuple[str, ...], in_delta: bool) -> list:
 
 
 def _chat_slots(event: dict) -> list:
+    choices = event.get("choices")
+    if choices.__class__ is list and len(choices) == 1 and choices[0].__class__ is dict:
+        # Most chunks: one choice whose delta is only its content.
+        choice = choices[0]
+        delta = choice.get("delta")
+        if delta.__class__ is dict and len(delta) == 1 and delta.get("content").__class__ is str:
+            return [((_plain(choice.get("index", 0)), "content"), delta, "content",
+                     bool(choice.get("finish_reason")))] if delta["content"] else []
     return _choice_slots(event, _CHAT_TEXT, True)
 
 
