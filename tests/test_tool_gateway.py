@@ -334,3 +334,18 @@ def test_an_open_gateway_serves_mcp_without_a_key(gateways, tmp_path):
     result = call(gw, None, "demo__echo", {"text": "hi"})
     assert (result.isError, text_of(result)) == (False, "hi")
     assert httpx.get(gw.url + "/mcp", timeout=5).status_code in (400, 405, 406)
+
+
+def test_a_gateway_without_tool_servers_gains_them_by_a_reload(gateways):
+    # No tool server at start: the MCP side is made on first need (the SDK is not even imported),
+    # by a call to /mcp (an empty list) or by the reload that declares the first server.
+    plain = 'provider demo { format echo }\nrule r { route demo/echo }\n'
+    for asked_first in (True, False):
+        gw = gateways(plain)
+        assert gw.admin_policy().get("tool_servers", {}) == {}
+        if asked_first:
+            assert tool_names(gw, None) == []
+        (gw.rules / "policy.rules").write_text(plain + 'mcp demo { builtin echo }\n')
+        assert gw.http.post("/admin/reload").json()["ok"] is True
+        result = call(gw, None, "demo__echo", {"text": "back"})
+        assert (result.isError, text_of(result)) == (False, "back")

@@ -328,6 +328,53 @@ class GatewayApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
+class LazyMcp:
+    """The tool gateway and its MCP endpoint, made on first need: the policy declares tool servers
+    (at start or in a reload), or a client calls /mcp. The SDK's session manager runs in a task of
+    its own from then until shutdown (its task group must be entered and left in one task)."""
+
+    def __init__(self, gw):
+        self.gw = gw
+        self._endpoint = None
+        self._task: asyncio.Task | None = None
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    def make_tools(self):
+        from ..tools.gateway import ToolGateway
+
+        tools = ToolGateway(self.gw)
+        self._start()
+        return tools
+
+    async def endpoint(self):
+        if self.gw.tools is None:
+            self.gw.tools = self.make_tools()
+            self.gw.tools.install(self.gw.live.policy)
+        await self._ready.wait()
+        return self._endpoint
+
+    def _start(self) -> None:
+        if self._task is None:
+            from ..tools.server import McpEndpoint
+
+            self._endpoint = McpEndpoint(self.gw)
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="mcp-endpoint")
+
+    async def _run(self) -> None:
+        try:
+            async with self._endpoint.run():
+                self._ready.set()
+                await self._stop.wait()
+        finally:
+            self._ready.set()   # nobody waits forever on an endpoint that could not start
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._stop.set()
+            await self._task
+
+
 def create_app(rules: str | None = None, *, state_uri: str | None = None, max_body: int | None = None,
                watch: bool | None = None) -> Starlette:
     from . import settings, workers
@@ -345,18 +392,16 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         # A SIGHUP fanned out before the lifespan installs its handler must not end the worker.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
-    from ..tools.gateway import ToolGateway
-    from ..tools.server import McpEndpoint
-    mcp_endpoint = None
+    mcp = None   # the tool gateway at /mcp, started when a policy has tool servers or /mcp is called
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        nonlocal mcp_endpoint
+        nonlocal mcp
         gw = Gateway(max_body=max_body, state_uri=state_uri)
         policy = load_policy(rules)
-        gw.tools = ToolGateway(gw)   # the tool gateway at /mcp; install() gives it the servers
+        mcp = LazyMcp(gw)
+        gw.tools_factory = mcp.make_tools   # install() calls it for a policy with tool servers
         gw.install(policy)
-        mcp_endpoint = McpEndpoint(gw)
         _attach_state_backends(gw, state_uri)
         if gw.shared is not None:
             await gw.shared.prepare(getattr(gw.limiter, "storage", None))
@@ -385,9 +430,9 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
         log.info("policy %s loaded from %s: %d rules, %d providers, %d keys", policy.version, rules,
                  len(policy.rules), len(policy.providers), len(policy.keys))
         try:
-            async with mcp_endpoint.run():
-                yield
+            yield
         finally:
+            await mcp.stop()
             await reloader.stop()
             if gw.tracer is not None:
                 await asyncio.to_thread(gw.tracer.shutdown)   # sends the spans still queued
@@ -396,7 +441,7 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
             await gw.close()
 
     async def _mcp_app(scope, receive, send):
-        await mcp_endpoint(scope, receive, send)
+        await (await mcp.endpoint())(scope, receive, send)
 
     class _Mcp:     # an ASGI app, not a function: Starlette's Route then passes the raw scope
         __call__ = staticmethod(_mcp_app)

@@ -57,6 +57,9 @@ class Gateway:
         self.canary = None        # edgerules.gateway.canary.Canary while one is served
         self.last_canary: dict | None = None   # how the last canary ended
         self.tools = None         # edgerules.tools.gateway.ToolGateway: /mcp, set by the app
+        # Makes self.tools when a policy first declares tool servers (or /mcp is first called):
+        # the MCP SDK costs ~0.5 s to import, which a gateway without tools never pays.
+        self.tools_factory = None
 
     # ---- policy swaps -------------------------------------------------------------------
 
@@ -79,6 +82,8 @@ class Gateway:
         bind_pools(providers.values(), self)
         self.live = live
         self.metrics.tool_servers = frozenset(policy.servers)
+        if self.tools is None and policy.servers and self.tools_factory is not None:
+            self.tools = self.tools_factory()
         if self.tools is not None:
             changed["tools"] = self.tools.install(policy)
         self._know()
