@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-from .source import Location
+from .source import Location, pickle_by_init
 
 
 # ---- expressions ----------------------------------------------------------------------------
@@ -326,3 +326,6 @@ class Program:
         return Program(self.providers + other.providers, self.keys + other.keys,
                        self.rules + other.rules, self.servers + other.servers,
                        self.budgets + other.budgets)
+
+
+pickle_by_init(globals())

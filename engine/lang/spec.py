@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
+from .source import pickle_by_init
+
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_COOLDOWN = 30.0
 DEFAULT_FAILURES = 5
@@ -302,3 +304,6 @@ class RetrySpec:
     def to_dict(self) -> dict:
         return {"attempts": self.attempts, "backoff": self.backoff, "delay": self.delay,
                 "max": self.max_delay, "jitter": self.jitter, "on": sorted(self.on)}
+
+
+pickle_by_init(globals())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import ast
-from ..source import Location
+from ..source import Location, pickle_by_init
 from ..spec import KeySpec, ProviderSpec
 
 
@@ -47,3 +47,6 @@ class CheckedPolicy:
     servers: dict = field(default_factory=dict)        # name -> McpSpec | ApiSpec
     tool_rules: tuple[CheckedRule, ...] = ()            # `rule NAME for tools`
     retry_budget: object = None                         # RetryBudgetSpec of a top-level `retry budget`
+
+
+pickle_by_init(globals())
