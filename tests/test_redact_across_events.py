@@ -175,3 +175,41 @@ _FRAMES = {
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}) + b"\n\n",
                  lambda e: e["delta"]["text"]),
 }
+
+
+def test_interleaved_choices_and_tool_arguments_are_each_put_together_redacted():
+    """Chat chunks of two choices and a tool call's arguments, interleaved at random: each is
+    held apart from the others, and each put together is its text redacted whole."""
+    secrets = [PROVIDER_KEY, GATEWAY_KEY, PROVIDER_KEY[:13]]
+    redactor, rng = Redactor(secrets), random.Random(3)
+    for _ in range(500):
+        texts, queues = {}, {}
+        for channel in ("content 0", "content 1", "arguments"):
+            text = "".join("".join(rng.choice("ab sk-y0") for _ in range(rng.randint(0, 10))) + rng.choice(secrets)
+                           for _ in range(rng.randint(1, 3))) + "."
+            cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(1, 20))))
+            bounds = [0, *cuts, len(text)]
+            texts[channel], queues[channel] = text, [text[a:b] for a, b in zip(bounds, bounds[1:])]
+        scrub, out, count = StreamRedactor(redactor, "chat"), [], 0
+        while any(queues.values()):
+            channel = rng.choice([c for c in queues if queues[c]])
+            piece = queues[channel].pop(0)
+            delta = ({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]} if channel == "arguments"
+                     else {"content": piece})
+            index = 1 if channel == "content 1" else 0
+            out.append(scrub.feed(b"data: " + orjson.dumps({"choices": [{"index": index, "delta": delta}]}) + b"\n\n"))
+            count += 1
+        out.append(scrub.feed(b"data: [DONE]\n\n") + scrub.close())
+        got = dict.fromkeys(texts, "")
+        events = [orjson.loads(e[6:]) for e in b"".join(out).split(b"\n\n") if e.startswith(b"data: {")]
+        assert len(events) == count
+        for event in events:
+            choice = event["choices"][0]
+            if "tool_calls" in choice["delta"]:
+                got["arguments"] += choice["delta"]["tool_calls"][0]["function"]["arguments"]
+            else:
+                got[f"content {choice['index']}"] += choice["delta"]["content"]
+        for channel, text in texts.items():
+            whole = re.split(r"(\[redacted\])", redactor.text(text))
+            expected = "".join("(?:.{0,3})" + re.escape(p) if p == "[redacted]" else re.escape(p) for p in whole)
+            assert re.fullmatch(expected, got[channel]), (channel, text, got[channel])

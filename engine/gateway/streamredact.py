@@ -67,14 +67,17 @@ class StreamRedactor:
     across events. Events keep their number and order; text only moves to an earlier event of
     its channel, so the characters the client puts together are the same, secrets replaced."""
 
-    __slots__ = ("redactor", "secrets", "wants", "slots", "channels", "held")
+    __slots__ = ("redactor", "secrets", "wants", "slots", "apart", "channels", "held")
 
     def __init__(self, redactor, shape: str):
         self.redactor = redactor
         self.secrets = redactor.split_secrets()
-        self.wants, self.slots = SHAPES[shape]
+        self.wants, self.slots, self.apart = SHAPES[shape]
         self.channels: dict = {}   # channel -> (the open ending of its text, how much of it went out)
-        self.held: _Held | None = None
+        # Held events by channel, in the order they were held. Where channels are put together
+        # apart (chat choices), a delta of another one passes a held event; elsewhere (numbered
+        # Responses events, Messages blocks) any other event releases it first, keeping the order.
+        self.held: dict = {}
 
     def feed(self, blob: bytes) -> bytes:
         """What to send for one read of the stream (b"" while its only event is held)."""
@@ -87,8 +90,8 @@ class StreamRedactor:
         return self.redactor.bytes(out)
 
     def close(self) -> bytes:
-        """The held event, if any: at the end of the stream or before its error event."""
-        return self.redactor.bytes(self._release()) if self.held is not None else b""
+        """The held events, if any: at the end of the stream or before its error event."""
+        return self.redactor.bytes(self._release_all()) if self.held else b""
 
     def _event(self, event: bytes) -> bytes:
         kind, data = None, event
@@ -104,8 +107,8 @@ class StreamRedactor:
             if parsed.__class__ is dict:
                 slots = self.slots(parsed)
         if not slots:   # no text: whatever is held goes first, and this event as it came
-            return event if self.held is None else self._release() + event
-        if self.held is None and len(slots) == 1:
+            return event if not self.held else self._release_all() + event
+        if not self.held and len(slots) == 1:
             # The common case, checked first: nothing open on the channel, and a delta too short
             # to hold a secret whose ending begins none.
             key, box, field, _ = slots[0]
@@ -116,10 +119,9 @@ class StreamRedactor:
         may_hold = len(slots) == 1 and not slots[0][3]
         changed = False
         for key, box, field, _ in slots:
-            held = self.held
-            if held is not None and held.key != key:
-                out.append(self._release())
-                held = None
+            if self.held and not self.apart and key not in self.held:
+                out.append(self._release_all())
+            held = self.held.pop(key, None)
             text = box[field]
             released, rest = self._text(key, text, may_hold)
             if held is not None:
@@ -127,13 +129,12 @@ class StreamRedactor:
                 # carries only what is held back now.
                 held.box[held.field] = held.head + released
                 out.append(_framed(held.event, held.kind))
-                self.held = None
                 head = ""
             else:
                 head = released
             if rest:   # only when may_hold: this event's one slot
                 box[field] = head + rest   # what it would carry if released as it is
-                self.held = _Held(parsed, kind, box, field, head, key)
+                self.held[key] = _Held(parsed, kind, box, field, head, key)
                 return b"".join(out)
             if head != text:
                 box[field] = head
@@ -163,8 +164,11 @@ class StreamRedactor:
             del self.channels[key]
         return released, s[cut:]
 
-    def _release(self) -> bytes:
-        held, self.held = self.held, None
+    def _release_all(self) -> bytes:
+        held, self.held = self.held, {}
+        return b"".join([self._release(one) for one in held.values()])
+
+    def _release(self, held: _Held) -> bytes:
         pending, sent = self.channels[held.key]
         found = self.secrets.find(pending)   # the ending may hold a secret that a longer one begins with
         held.box[held.field] = held.head + (_redacted(pending, found, sent, len(pending)) if found
@@ -195,8 +199,9 @@ def _framed(event: dict, kind: bytes | None) -> bytes:
 
 
 # ---- where each shape carries its text --------------------------------------------------------
-# A shape is (a cheap look at the event's name: worth parsing?, the event's text slots): each slot
-# is (channel, the dict holding the text, its field, whether the channel ends with this event).
+# A shape is (a cheap look at the event's name: worth parsing?, the event's text slots, whether
+# its channels may pass each other): each slot is (channel, the dict holding the text, its field,
+# whether the channel ends with this event).
 
 _CHAT_TEXT = ("content", "reasoning_content", "refusal")
 
@@ -272,9 +277,9 @@ def _any(kind) -> bool:
     return True
 
 
-SHAPES = {
-    "chat": (_any, _chat_slots),
-    "completions": (_any, _completion_slots),
-    "responses": (lambda kind: kind is None or kind.endswith(b".delta"), _responses_slots),
-    "messages": (lambda kind: kind is None or kind == b"content_block_delta", _messages_slots),
+SHAPES = {   # (worth parsing, its text slots, whether its channels may pass each other)
+    "chat": (_any, _chat_slots, True),
+    "completions": (_any, _completion_slots, True),
+    "responses": (lambda kind: kind is None or kind.endswith(b".delta"), _responses_slots, False),
+    "messages": (lambda kind: kind is None or kind == b"content_block_delta", _messages_slots, False),
 }
