@@ -187,7 +187,7 @@ def _redacted(s: str, found: list, at: int, cut: int) -> str:
             break   # in the held ending: a longer secret may still begin there
         if m.start() > at:
             pieces.append(s[at:m.start()])
-        pieces.append(REPLACEMENT)   # one that began in what went out: the rest is hidden
+        pieces.append(REPLACEMENT)   # for one that began in what went out, in place of its rest
         at = m.end()
     pieces.append(s[at:cut])
     return "".join(pieces)
