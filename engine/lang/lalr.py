@@ -231,7 +231,12 @@ def _child_filter(rule, placeholders: bool):
     items += ["None"] * trailing
     if items or not parts:
         parts.append("[" + ", ".join(items) + "]")
-    children = " + ".join(parts)
+    if len(parts) > 1 and parts[0] == "c[0]":
+        # `_list: _list item`: the list so far is this reduction's alone (taken off the stack), so
+        # it grows in place; a new list each time made a 10,000-statement file quadratic
+        children = f"((g := c[0]).extend({' + '.join(parts[1:])}) or g)"
+    else:
+        children = " + ".join(parts)
     if children == "[c[0]]" and rule.options.expand1 and not rule.alias and not inlined:
         return None, name   # one kept child and a `?rule`: the reduction passes it on as it is
     if inlined:
