@@ -95,8 +95,9 @@ def test_responses_stream(gateway, model, via):
     assert events[-1].type == "response.completed"
     assert [e.sequence_number for e in events if e.sequence_number is not None] in (
         [], list(range(len(events))))   # held events keep their place: no number is repeated
-    raw, _ = raw_stream(gateway, "/v1/responses", {"model": model, "input": GATEWAY_KEY}, via)
+    raw, headers = raw_stream(gateway, "/v1/responses", {"model": model, "input": GATEWAY_KEY}, via)
     assert_clean(raw, "the stream")
+    assert_logged_clean(gateway, headers["x-request-id"])
 
 
 @pytest.mark.parametrize("via", VIAS)
@@ -108,8 +109,9 @@ def test_messages_stream(gateway, model, via):
     events = list(client.messages.create(model=model, max_tokens=100, messages=ask, stream=True))
     assert_intact("".join(e.delta.text for e in events if e.type == "content_block_delta"))
     assert events[-1].type == "message_stop"
-    raw, _ = raw_stream(gateway, "/v1/messages", {"model": model, "max_tokens": 100, "messages": ask}, via)
+    raw, headers = raw_stream(gateway, "/v1/messages", {"model": model, "max_tokens": 100, "messages": ask}, via)
     assert_clean(raw, "the stream")
+    assert_logged_clean(gateway, headers["x-request-id"])
 
 
 def test_the_cached_replay_is_redacted_too(gateway):
@@ -127,6 +129,11 @@ def test_the_log_never_shows_a_secret(gateway):
     # Last in this module: every stream above has been logged by now.
     gateway.wait_for_output("edgerules.access", 2)
     assert_clean(gateway.output(), "the gateway's log")
+
+
+def assert_logged_clean(gw, rid: str) -> None:
+    row = wait_until(lambda: _row(gw, rid), 30, what="the stream's row in the request log")
+    assert_clean(orjson.dumps(row).decode(), "the request log")
 
 
 def _row(gw, rid: str) -> dict | None:
