@@ -49,9 +49,10 @@ def split_echo(model: str, key: str, asked: str) -> list[str]:
 
 
 def asked_text(request: dict) -> str:
-    """The text of a request's `input` or last message: what an echo may repeat."""
-    if isinstance(request.get("input"), str):
-        return request["input"]
+    """The text of a request's `input`, `prompt` or last message: what an echo may repeat."""
+    for name in ("input", "prompt"):
+        if isinstance(request.get(name), str):
+            return request[name]
     messages = request.get("messages")
     last = messages[-1] if isinstance(messages, list) and messages else None
     content = last.get("content") if isinstance(last, dict) else ""
@@ -61,7 +62,8 @@ def asked_text(request: dict) -> str:
 
 
 def delta_events(pieces: list[str], path: str) -> list[bytes]:
-    """Text deltas framed as the path's API streams them: Messages, Responses or chat chunks."""
+    """Text deltas framed as the path's API streams them: Messages, Responses, legacy completions
+    or chat chunks."""
     text = "".join(pieces)
     if path.endswith("/messages"):
         return [anthropic_event("message_start", message={"id": "msg_h", "type": "message", "role": "assistant",
@@ -87,6 +89,11 @@ def delta_events(pieces: list[str], path: str) -> list[bytes]:
                 anthropic_event("response.output_text.done", item_id="msg_h", output_index=0, content_index=0,
                                 text=text),
                 anthropic_event("response.completed", response=done)]
+    if path.endswith("/completions") and not path.endswith("/chat/completions"):   # the legacy API
+        return [b"data: " + json.dumps({"id": "cmpl-h", "object": "text_completion", "created": 1, "model": "h",
+                                        "choices": [{"index": 0, "text": p, "logprobs": None,
+                                                     "finish_reason": None if p else "stop"}]}).encode() + b"\n\n"
+                for p in [*pieces, ""]] + [b"data: [DONE]\n\n"]
     return [*[chunk(p) for p in pieces], chunk(finish="stop"), b"data: [DONE]\n\n"]
 
 

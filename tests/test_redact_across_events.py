@@ -114,6 +114,14 @@ def test_messages_stream(gateway, model, via):
     assert_logged_clean(gateway, headers["x-request-id"])
 
 
+@pytest.mark.parametrize("model", SPLITS)
+def test_legacy_completions_stream(gateway, model):
+    chunks = list(openai_client(gateway, "openai").completions.create(model=model, prompt=GATEWAY_KEY, stream=True))
+    assert_intact("".join(c.choices[0].text for c in chunks if c.choices))
+    raw, _ = raw_stream(gateway, "/v1/completions", {"model": model, "prompt": GATEWAY_KEY}, "openai")
+    assert_clean(raw, "the stream")
+
+
 def test_the_cached_replay_is_redacted_too(gateway):
     body = {"model": "split-key-tokens", "messages": [{"role": "user", "content": GATEWAY_KEY}]}
     first, live = raw_stream(gateway, "/v1/chat/completions", body, "openai", **{"x-test": "cache"})
