@@ -47,6 +47,22 @@ class _Meta:
 _new_token = Token._future_new.__func__ if hasattr(Token, "_future_new") else (lambda cls, *args: cls(*args))
 
 
+class _Lexers(dict):
+    def __init__(self, basics: dict):
+        super().__init__()
+        self.basics = basics
+        self.made: dict = {}   # shared by the states: 452 states here have 77 master regexes
+
+    def __missing__(self, state):
+        basic = self.basics[state]
+        scanner = basic.scanner
+        if len(scanner._mres) != 1:
+            raise ValueError("a lexer split over several regexes")
+        made = self[state] = (_skipping(scanner, basic.ignore_types, self.made).match, basic.callback,
+                              basic.newline_types, basic.ignore_types)
+        return made
+
+
 class FastParser:
     """Built once from the Lark parser (grammar analysis, lexers); parse() is thread-safe."""
 
@@ -67,13 +83,9 @@ class FastParser:
         self.max_depth = max_depth
         self.filters = [(len(rule.expansion), *_child_filter(rule, lark.options.maybe_placeholders), str(rule.origin.name))
                         for rule in self.rules]
-        self.lexers = {}   # parser state -> (match, unless callbacks, newline types, ignored types)
-        for state, basic in frontend.lexer.lexers.items():
-            scanner = basic.scanner
-            if len(scanner._mres) != 1:
-                raise ValueError("a lexer split over several regexes")
-            self.lexers[state] = (_skipping(scanner, basic.ignore_types).match, basic.callback, basic.newline_types,
-                                  basic.ignore_types)
+        # parser state -> (match, unless callbacks, newline types, ignored types), made at a state's
+        # first token: Lark builds a state's scanner when first asked (452 states, 0.08 s for all)
+        self.lexers = _Lexers(frontend.lexer.lexers)
 
     def parse(self, text: str, file: str) -> ast.Program | None:
         """The AST of one file, or None: parse it the general way."""
@@ -182,21 +194,27 @@ class FastParser:
 _IGNORABLE = (" ", "\t", "\r", "\n", "\f", "#x", "//x", "/*x*/", ";x")
 
 
-def _skipping(scanner, ignore_types) -> re.Pattern:
+def _skipping(scanner, ignore_types, made: dict) -> re.Pattern:
     """The state's master regex behind a run of its ignored terminals (whitespace, comments), and
     the token made optional: one match a token instead of one per token and one per gap. Only
-    where no other terminal can start where an ignored one does (then the skip changes nothing)."""
+    where no other terminal can start where an ignored one does (then the skip changes nothing).
+    made: what earlier states built (452 states share 77 master regexes here)."""
     (master,) = scanner._mres
     ignored = [t.pattern.to_regexp() for t in scanner.terminals if t.name in ignore_types]
     if not ignored:
         return master
+    key = (master.pattern, master.flags, tuple(ignored))
+    if key in made:
+        return made[key]
+    samples = [s for s in _IGNORABLE if any(re.match(p, s, master.flags) for p in ignored)]
     for t in scanner.terminals:
-        if t.name not in ignore_types:
+        if t.name not in ignore_types and (t.name, key[2]) not in made:
             other = re.compile(t.pattern.to_regexp(), master.flags)
-            for sample in _IGNORABLE:
-                if any(re.match(p, sample, master.flags) for p in ignored) and other.match(sample):
-                    raise ValueError(f"terminal {t.name} can start where an ignored one does")
-    return re.compile(f"(?:{'|'.join(ignored)})*(?:{master.pattern})?", master.flags)
+            if any(other.match(sample) for sample in samples):
+                raise ValueError(f"terminal {t.name} can start where an ignored one does")
+            made[(t.name, key[2])] = True
+    made[key] = re.compile(f"(?:{'|'.join(ignored)})*(?:{master.pattern})?", master.flags)
+    return made[key]
 
 
 def _child_filter(rule, placeholders: bool):
