@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import weakref
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
@@ -45,6 +46,7 @@ RELOAD_SWITCH_INTERVAL = 0.0005   # seconds
 # this process only rebuilds the result, about a fifth of the work.
 HELPER_BYTES = 200_000
 HELPER_NICE = 10   # the helper's scheduling priority, below the serving process's
+HELPER_PARENT_POLL = 1.0   # seconds between the helper's checks that the serving process lives
 # A replaced policy of this many rules is freed a slice of RELEASE_SLICE objects at a time once
 # no request uses it (checked every RELEASE_POLL s; after RELEASE_WAIT s it is left to Python).
 RELEASE_RULES = 1_000
@@ -288,11 +290,19 @@ async def _release(policy, objects: list, namespaces: list[dict]) -> None:
 
 def _background() -> None:
     """The helper's CPU time yields to the serving process's: on a busy machine the scheduler
-    otherwise shares the cores evenly, and requests wait for their time slice."""
+    otherwise shares the cores evenly, and requests wait for their time slice. And it ends with
+    the serving process, however that ends (a killed server left it waiting for work forever)."""
     try:
         os.nice(HELPER_NICE)
     except OSError:
         pass
+    threading.Thread(target=_end_with, args=(os.getppid(),), daemon=True, name="edgerules-helper-parent").start()
+
+
+def _end_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(HELPER_PARENT_POLL)
+    os._exit(0)
 
 
 async def _off_the_loop(func, *args):
