@@ -97,7 +97,10 @@ def test_responses_stream(gateway, model, via):
         [], list(range(len(events))))   # held events keep their place: no number is repeated
     raw, headers = raw_stream(gateway, "/v1/responses", {"model": model, "input": GATEWAY_KEY}, via)
     assert_clean(raw, "the stream")
-    assert_logged_clean(gateway, headers["x-request-id"])
+    answer = assert_logged_clean(gateway, headers["x-request-id"])
+    assert answer["object"] == "response" and answer["status"] == "completed"
+    assert_intact("".join(part["text"] for item in answer["output"] if item["type"] == "message"
+                          for part in item["content"] if part["type"] == "output_text"))
 
 
 @pytest.mark.parametrize("via", VIAS)
@@ -111,15 +114,20 @@ def test_messages_stream(gateway, model, via):
     assert events[-1].type == "message_stop"
     raw, headers = raw_stream(gateway, "/v1/messages", {"model": model, "max_tokens": 100, "messages": ask}, via)
     assert_clean(raw, "the stream")
-    assert_logged_clean(gateway, headers["x-request-id"])
+    answer = assert_logged_clean(gateway, headers["x-request-id"])
+    assert (answer["type"], answer["role"], answer["stop_reason"]) == ("message", "assistant", "end_turn")
+    assert_intact("".join(block["text"] for block in answer["content"] if block["type"] == "text"))
 
 
 @pytest.mark.parametrize("model", SPLITS)
 def test_legacy_completions_stream(gateway, model):
     chunks = list(openai_client(gateway, "openai").completions.create(model=model, prompt=GATEWAY_KEY, stream=True))
     assert_intact("".join(c.choices[0].text for c in chunks if c.choices))
-    raw, _ = raw_stream(gateway, "/v1/completions", {"model": model, "prompt": GATEWAY_KEY}, "openai")
+    raw, headers = raw_stream(gateway, "/v1/completions", {"model": model, "prompt": GATEWAY_KEY}, "openai")
     assert_clean(raw, "the stream")
+    answer = assert_logged_clean(gateway, headers["x-request-id"])
+    assert answer["object"] == "text_completion"
+    assert_intact(answer["choices"][0]["text"])
 
 
 def test_the_cached_replay_is_redacted_too(gateway):
@@ -139,9 +147,11 @@ def test_the_log_never_shows_a_secret(gateway):
     assert_clean(gateway.output(), "the gateway's log")
 
 
-def assert_logged_clean(gw, rid: str) -> None:
+def assert_logged_clean(gw, rid: str) -> dict:
+    """The row's answer, in the API's own shape (log full), once no secret is found in the row."""
     row = wait_until(lambda: _row(gw, rid), 30, what="the stream's row in the request log")
     assert_clean(orjson.dumps(row).decode(), "the request log")
+    return orjson.loads(row["answer_body"])
 
 
 def _row(gw, rid: str) -> dict | None:

@@ -21,6 +21,7 @@ from ..gateway.replay import StreamAssembler
 from ..gateway.usage import ask_stream_usage
 from ..lang.spec import TOOL_SEPARATOR
 from .store import TABLE
+from .streamcapture import BY_PATH
 
 log = logging.getLogger("edgerules.gateway")
 
@@ -45,7 +46,9 @@ def capture_stream(call) -> None:
     """A streamed answer's log row needs its usage; under `log full` its assembled answer too."""
     ask_stream_usage(call)
     if call.decision.log == "full":
-        call.tap = call.captured = StreamAssembler(call.tap)
+        shape = getattr(call.ingress, "ingress", None)
+        capture = BY_PATH.get(getattr(shape, "path", None), StreamAssembler)
+        call.tap = call.captured = capture(call.tap)
 
 
 def request_id(given: str | None) -> str:
