@@ -135,10 +135,12 @@ def test_the_cached_replay_is_redacted_too(gateway):
     first, live = raw_stream(gateway, "/v1/chat/completions", body, "openai", **{"x-test": "cache"})
     second, replayed = raw_stream(gateway, "/v1/chat/completions", body, "openai", **{"x-test": "cache"})
     assert (live["x-edgerules-cache"], replayed["x-edgerules-cache"]) == ("MISS", "HIT")
-    for raw in (first, second):
+    for raw, headers in ((first, live), (second, replayed)):
         assert_clean(raw, "the stream")
         assert_intact("".join(orjson.loads(e[6:])["choices"][0]["delta"].get("content") or ""
                               for e in raw.split("\n\n") if e.startswith("data: {")))
+        answer = assert_logged_clean(gateway, headers["x-request-id"])   # the hit's row keeps its answer too
+        assert_intact(answer["choices"][0]["message"]["content"])
 
 
 def test_the_log_never_shows_a_secret(gateway):

@@ -245,6 +245,8 @@ class ResponseCache:
         if not call.stream:
             return Response(entry.body, media_type="application/json")
         completion = orjson.loads(entry.body)
+        if call.captured is not None:
+            call.captured = entry.body   # `log full`: the stored answer, as a live stream's assembled one
         events = stream_events(completion, client_asked_usage(call))
         return StreamingResponse(self._replay(call, events), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
