@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from .. import ast
+from ..spec import target_leaves
 
 # hour and weekday take a few whole values: a constraint on them is the set of values it allows.
 _FINITE = {"hour": frozenset(range(24)), "weekday": frozenset(range(7))}
@@ -363,7 +364,6 @@ def _unused(checker, program: ast.Program, rules, tool_rules=()) -> None:
 
 
 def _providers(target):
-    from ..spec import target_leaves
     return (leaf.provider for leaf in target_leaves(target))
 
 
