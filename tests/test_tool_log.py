@@ -97,6 +97,8 @@ def test_tool_calls_are_rows_of_the_request_log(gateways, store):
         assert row["policy"] == gw.admin_policy()["version"] and row["latency_ms"] >= 0
         assert row["id"] and row["time"]
     echo_ok, echo_denied, sum_ok, sum_limited = by_time
+    assert echo_denied["error"] == "do not send passwords through tools" and echo_ok["error"] is None
+    assert sum_limited["error"]   # the limit's refusal, as the agent was told
     assert echo_ok["attempts"] == 1 and sum_ok["attempts"] == 1 and sum_limited["attempts"] == 0
     assert "echo_in_full" in echo_ok["rules"] and "no_passwords" in echo_denied["rules"]
     assert sum_ok["tags"] == ["sums"] and sum_limited["rules"] == ["pace_sums"]

@@ -188,7 +188,7 @@ class ToolGateway:
         return _error(entry["error"])
 
     def _refuse(self, entry: dict, decision: str, message: str) -> types.CallToolResult:
-        entry.update(decision=decision, status="refused")
+        entry.update(decision=decision, status="refused", error=message)   # the row keeps why
         return _error(message)
 
     def _record(self, entry: dict, decision, arguments: dict) -> None:
