@@ -181,8 +181,8 @@ async def behave(x: Exchange, model: str, path: str) -> None:
             for at in range(0, len(body), MB):
                 await x.part(body[at:at + MB])
             await x.end()
-    elif model in ("anthropic-big", "anthropic-3mb"):   # Anthropic answers the gateway must translate
-        text = "z" * ((20 if model == "anthropic-big" else 3) * MB)
+    elif model in ("anthropic-big", "anthropic-1mb"):   # Anthropic answers the gateway must translate
+        text = "z" * ((20 if model == "anthropic-big" else 1) * MB)
         await x.whole(200, json.dumps({"id": "msg_h", "type": "message", "role": "assistant", "model": "h",
                                        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
                                        "usage": {"input_tokens": 3, "output_tokens": 5}}).encode())

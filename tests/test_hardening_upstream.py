@@ -160,7 +160,7 @@ def test_an_answer_under_the_cap_passes_whole(gateway):
 
 def test_a_translated_answer_past_the_parse_cap_is_a_502_and_one_under_it_stalls_nobody(gateway):
     # An Anthropic answer must be parsed whole to become a chat completion: one call on the event
-    # loop. Past EDGERULES_MAX_PARSED_ANSWER (4 MiB) it is refused instead.
+    # loop. Past EDGERULES_MAX_PARSED_ANSWER (2 MiB) it is refused instead.
     with StallProbe(gateway) as probe:
         big = gateway.chat("anthropic-big")
     assert big.status_code == 502
@@ -168,15 +168,15 @@ def test_a_translated_answer_past_the_parse_cap_is_a_502_and_one_under_it_stalls
     huge_stall = probe.worst
     with StallProbe(gateway) as probe:
         answers = []
-        threads = [threading.Thread(target=lambda: answers.append(gateway.chat("anthropic-3mb"))) for _ in range(2)]
+        threads = [threading.Thread(target=lambda: answers.append(gateway.chat("anthropic-1mb"))) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(120)
     assert [a.status_code for a in answers] == [200, 200]
-    assert len(answers[0].json()["choices"][0]["message"]["content"]) == 3 * 1024 * 1024
+    assert len(answers[0].json()["choices"][0]["message"]["content"]) == 1024 * 1024
     print(f"\ntranslated answers: worst /healthz {huge_stall * 1000:.1f} ms beside a refused 20 MB one, "
-          f"{probe.worst * 1000:.1f} ms beside two 3 MB ones translated at once")
+          f"{probe.worst * 1000:.1f} ms beside two 1 MB ones translated at once")
     assert probe.worst < 2.0          # generous: the real figure is printed and reported
 
 

@@ -155,7 +155,7 @@ SETTINGS = (
             "largest upstream answer, JSON or stream (502 above it)", "SIZE"),
     Setting("max_upstream_event", "--max-upstream-event", "EDGERULES_MAX_UPSTREAM_EVENT", "1MiB", _size,
             "longest event of an upstream stream (an in-band error past it)", "SIZE"),
-    Setting("max_parsed_answer", "--max-parsed-answer", "EDGERULES_MAX_PARSED_ANSWER", "4MiB", _size,
+    Setting("max_parsed_answer", "--max-parsed-answer", "EDGERULES_MAX_PARSED_ANSWER", "2MiB", _size,
             "largest upstream answer the gateway parses whole, to translate it between formats or replay "
             "it from the cache as a stream (502 above it when it must be translated; not cached)", "SIZE"),
     Setting("otel_endpoint", "--otel-endpoint", "EDGERULES_OTEL_ENDPOINT", "", str,
