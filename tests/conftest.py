@@ -1,5 +1,5 @@
-"""Shared fixtures: a fake upstream per test module, factories of upstreams and gateways per test,
-and request-log stores (a SQLite file, or a database on a real PostgreSQL per module)."""
+"""Shared fixtures: a fake upstream per test module (and a misbehaving one, tests/hostile_upstream.py),
+factories of upstreams and gateways per test, and request-log stores (a SQLite file, or a database on a real PostgreSQL per module)."""
 from __future__ import annotations
 
 import time
@@ -8,7 +8,7 @@ import pytest
 
 from gw import start_gateway
 from pg import Postgres
-from procs import start_upstream
+from procs import start_hostile, start_upstream
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +16,14 @@ def upstream():
     """A real `edgerules upstream` on 127.0.0.1, one per test module."""
     with start_upstream() as up:
         yield up
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    """tests/hostile_upstream.py, one per test module that asks for it."""
+    proc = start_hostile()
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture

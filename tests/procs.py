@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
@@ -199,3 +200,15 @@ def server_ends(port: int) -> list[str]:
     client closes first, the server end soon leaves no trace."""
     local = f"0100007F:{port:04X}"
     return [state for address, _, state, _ in _tcp_sockets() if address == local and state != LISTEN]
+
+
+HOSTILE = Path(__file__).with_name("hostile_upstream.py")
+
+
+def start_hostile():
+    """tests/hostile_upstream.py on a free port; `.url` is its /v1 base."""
+    port = free_port()
+    proc = start_process([sys.executable, str(HOSTILE), "--port", str(port)],
+                         f"http://127.0.0.1:{port}/healthz", 15.0)
+    proc.base, proc.url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1"
+    return proc

@@ -12,7 +12,6 @@ import pytest
 
 from gw import start_gateway
 from procs import wait_until
-from test_secrets import start_hostile
 
 POLICY = """
 provider up   { url "{url}" }
@@ -23,13 +22,6 @@ rule ant      { when model starts_with "anthropic" route ant }
 rule pass     { route up }
 """
 ASK = [{"role": "user", "content": "x"}]
-
-
-@pytest.fixture(scope="module")
-def hostile():
-    proc = start_hostile()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")

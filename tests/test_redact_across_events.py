@@ -18,7 +18,7 @@ from edgerules.gateway.redact import Redactor
 from edgerules.gateway.streamredact import StreamRedactor
 from gw import start_gateway
 from procs import wait_until
-from test_secrets import GATEWAY_KEY, PROVIDER_KEY, assert_clean, start_hostile
+from test_secrets import GATEWAY_KEY, PROVIDER_KEY, assert_clean
 
 POLICY = """
 provider up  { url "{url}" api_key env("CANARY_PROVIDER_KEY") }
@@ -36,13 +36,6 @@ VIAS = ["openai", "anthropic"]   # the upstream's format: passed through for one
 # Keys); what follows them is replaced.
 SAID = re.compile(re.escape("Here is ") + "(.{0,3})" + re.escape("[redacted] and ") + "(.{0,3})"
                   + re.escape("[redacted] - the end."))
-
-
-@pytest.fixture(scope="module")
-def hostile():
-    proc = start_hostile()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,12 @@
 never reach an answer, a stream or the gateway's log, wherever they sit and however they are cut."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import httpx
 import openai
 import pytest
 
 from edgerules.gateway.redact import Redactor
 from gw import start_gateway
-from procs import free_port, start_process
 
 PROVIDER_KEY = "sk-canary-provider-0123456789abcdefghijkl"
 GATEWAY_KEY = "sk-canary-gateway-ZYXWVUTSRQPONMLKJIHGFE"
@@ -23,17 +19,6 @@ key team { secret env("CANARY_GATEWAY_KEY") }
 rule echo { when model == "echo" route demo/echo }
 rule pass { route up }
 """
-HOSTILE = Path(__file__).with_name("hostile_upstream.py")
-
-
-def start_hostile():
-    """tests/hostile_upstream.py on a free port; `.url` is its /v1 base."""
-    port = free_port()
-    proc = start_process([sys.executable, str(HOSTILE), "--port", str(port)],
-                         f"http://127.0.0.1:{port}/healthz", 15.0)
-    proc.base, proc.url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1"
-    return proc
-
 
 def pieces(secret: str, width: int = 10) -> list[str]:
     """Every `width`-character piece of a secret: a cut secret still shows one of them."""
@@ -44,13 +29,6 @@ def assert_clean(text: str, where: str) -> None:
     for secret in (PROVIDER_KEY, GATEWAY_KEY):
         leaked = [p for p in pieces(secret) if p in text]
         assert not leaked, f"{where} shows part of a secret: {leaked[:3]}"
-
-
-@pytest.fixture(scope="module")
-def hostile():
-    proc = start_hostile()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
