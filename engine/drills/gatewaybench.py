@@ -47,20 +47,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(argv: list[str], health: str, timeout: float = 20.0) -> subprocess.Popen:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+def start_server(argv: list[str], health: str, timeout: float = 20.0, *, env=None, cwd=None,
+                 error: type[Exception] = RuntimeError) -> subprocess.Popen:
+    """Start a server and wait for its health URL. Its output goes to a file: a pipe nobody reads
+    would fill and block a chatty server mid-measurement."""
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+    proc.log = log
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{' '.join(argv)} exited: {proc.stderr.read().decode()[-2000:]}")
+            raise error(f"{argv[0]} exited with {proc.returncode}: {output_tail(proc)}")
         try:
-            with urllib.request.urlopen(health, timeout=1) as resp:
+            with urllib.request.urlopen(health, timeout=2) as resp:
                 if resp.status == 200:
                     return proc
         except OSError:
             time.sleep(0.05)
-    proc.terminate()
-    raise RuntimeError(f"{' '.join(argv)} did not become ready")
+    _stop(proc)
+    raise error(f"{argv[0]} did not answer {health} within {timeout:.0f}s: {output_tail(proc)}")
+
+
+def output_tail(proc) -> str:
+    proc.log.seek(0)
+    return proc.log.read().decode(errors="replace")[-2000:]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -71,6 +81,9 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+    log = getattr(proc, "log", None)
+    if log is not None and not log.closed:
+        log.close()
 
 
 def bench_policy_dir(rules: str, upstream_url: str) -> str:
@@ -149,11 +162,11 @@ def run(rules: str = "rules/", seconds: float = 3.0, connections=(1, 32), modes=
     policy_dir = bench_policy_dir(rules, upstream_url)
     try:
         say("starting the upstream, the pass-through and the gateway ...")
-        procs.append(_start([py, "-m", "edgerules.drills.upstream", "--port", str(up_port)],
+        procs.append(start_server([py, "-m", "edgerules.drills.upstream", "--port", str(up_port)],
                             f"http://127.0.0.1:{up_port}/healthz"))
-        procs.append(_start([py, "-m", "edgerules.drills.passthrough", "--upstream", upstream_url, "--port", str(pt_port)],
+        procs.append(start_server([py, "-m", "edgerules.drills.passthrough", "--upstream", upstream_url, "--port", str(pt_port)],
                             f"http://127.0.0.1:{pt_port}/healthz"))
-        procs.append(_start([py, "-m", "edgerules", "serve", "--rules", policy_dir, "--port", str(gw_port),
+        procs.append(start_server([py, "-m", "edgerules", "serve", "--rules", policy_dir, "--port", str(gw_port),
                              "--no-watch", "--log-level", "warning"], f"http://127.0.0.1:{gw_port}/healthz"))
         targets = {
             "direct": (f"http://127.0.0.1:{up_port}/v1/chat/completions", procs[0].pid),
@@ -329,11 +342,11 @@ def run_scenarios(names=SCENARIOS, seconds: float = 2.0, connections=(1, 16, 64)
     rows = []
     try:
         say("starting the upstream, the pass-through and the gateway ...")
-        procs.append(_start([py, "-m", "edgerules.drills.upstream", "--port", str(up_port)],
+        procs.append(start_server([py, "-m", "edgerules.drills.upstream", "--port", str(up_port)],
                             f"http://127.0.0.1:{up_port}/healthz"))
-        procs.append(_start([py, "-m", "edgerules.drills.passthrough", "--upstream", upstream_url,
+        procs.append(start_server([py, "-m", "edgerules.drills.passthrough", "--upstream", upstream_url,
                              "--port", str(pt_port)], f"http://127.0.0.1:{pt_port}/healthz"))
-        procs.append(_start([py, "-m", "edgerules", "serve", "--rules", policy_dir, "--port", str(gw_port),
+        procs.append(start_server([py, "-m", "edgerules", "serve", "--rules", policy_dir, "--port", str(gw_port),
                              "--no-watch", "--log-level", "warning", *serve_args], f"http://127.0.0.1:{gw_port}/healthz"))
         targets = {name: (f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid)
                    for name, port, proc in zip(("direct", "passthrough", "edgerules"),

@@ -92,33 +92,16 @@ def peer_version(name: str, cache: Path) -> str:
 # ---- processes --------------------------------------------------------------------------------
 
 def start_server(argv, health: str, env=None, timeout: float = 60.0, cwd=None) -> subprocess.Popen:
-    """Start a server and wait for its health URL; its stderr goes to a file (a pipe nobody reads
-    would fill and block a chatty peer)."""
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
-    proc.log = log
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise PeerUnavailable(f"{argv[0]} exited with {proc.returncode}: {output_tail(proc)}")
-        try:
-            with urllib.request.urlopen(health, timeout=2) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.1)
-    stop_server(proc)
-    raise PeerUnavailable(f"{argv[0]} did not answer {health} within {timeout:.0f}s: {output_tail(proc)}")
+    """Start a server and wait for its health URL (gatewaybench's, failing as PeerUnavailable)."""
+    return gb.start_server(argv, health, timeout, env=env, cwd=cwd, error=PeerUnavailable)
 
 
 def output_tail(proc) -> str:
-    proc.log.seek(0)
-    return proc.log.read().decode(errors="replace")[-1500:]
+    return gb.output_tail(proc)
 
 
 def stop_server(proc: subprocess.Popen) -> None:
     gb._stop(proc)
-    proc.log.close()
 
 
 # ---- load -------------------------------------------------------------------------------------
