@@ -8,13 +8,12 @@ import asyncio
 import shutil
 import subprocess
 import tempfile
-import uuid
 
-import httpx
 import pytest
 
 from gw import start_gateway
 from procs import Process, free_port, skip_or_fail_in_ci, start_upstream, wait_until
+from shared_state import breaker_is_shared, cache_is_shared, chat, crowd, fresh, limit_is_exact_across, redis_gone
 
 POLICY = """
 provider up { url "{good}" }
@@ -109,48 +108,12 @@ def pair(redis_server, upstream, bad, tmp_path_factory):
     second.stop()
 
 
-def chat(gw, test: str, content: str = "hello", **fields) -> httpx.Response:
-    body = {"model": "m", "messages": [{"role": "user", "content": content}], **fields}
-    return gw.post("/v1/chat/completions", json=body, headers={"x-test": test})
-
-
-def fresh() -> str:
-    return f"question {uuid.uuid4().hex[:8]}"
-
-
-async def crowd(gateways, test: str, n: int, content: str = "hello") -> list[httpx.Response]:
-    """n requests at once, spread over the gateways in turn."""
-    limits = httpx.Limits(max_connections=n + 10)
-    clients = [httpx.AsyncClient(base_url=g.url, limits=limits, timeout=60) for g in gateways]
-    body = {"model": "m", "messages": [{"role": "user", "content": content}]}
-    try:
-        return await asyncio.gather(*(clients[i % len(clients)].post(
-            "/v1/chat/completions", json=body, headers={"x-test": test}) for i in range(n)))
-    finally:
-        for client in clients:
-            await client.aclose()
-
-
 def test_one_limit_admits_exactly_n_across_both(pair):
-    responses = asyncio.run(crowd(pair, "exact", 60))
-    statuses = [r.status_code for r in responses]
-    assert statuses.count(200) == 20 and statuses.count(429) == 40, statuses
-    for gw in pair:   # and each of them now refuses
-        assert chat(gw, "exact").status_code == 429
+    limit_is_exact_across(pair, 20)
 
 
 def test_an_answer_cached_by_one_is_a_hit_on_the_other(pair, upstream):
-    first, second = pair
-    content = fresh()
-    before = upstream.stats()["chat"]
-    miss = chat(first, "cache", content)
-    assert miss.status_code == 200 and miss.headers["x-edgerules-cache"] == "MISS"
-    hit = chat(second, "cache", content)
-    assert hit.status_code == 200 and hit.headers["x-edgerules-cache"] == "HIT"
-    assert hit.json() == miss.json()
-    streamed = chat(second, "cache", content, stream=True)   # replayed from the stored answer
-    assert streamed.headers["x-edgerules-cache"] == "HIT" and streamed.text.endswith("data: [DONE]\n\n")
-    assert upstream.stats()["chat"] == before + 1
+    cache_is_shared(pair, upstream)
 
 
 def test_identical_requests_on_both_reach_the_upstream_once(pair, upstream):
@@ -168,17 +131,7 @@ def test_identical_requests_on_both_reach_the_upstream_once(pair, upstream):
 
 
 def test_a_circuit_opened_by_one_is_open_on_the_other(pair, bad):
-    first, second = pair
-    for _ in range(2):   # two failures open flaky's circuit; the fallback answers meanwhile
-        resp = chat(first, "breaker")
-        assert resp.status_code == 200 and resp.headers["x-edgerules-route"] == "up/m"
-    wait_until(lambda: 'edgerules_provider_open{provider="flaky"} 1' in second.http.get("/metrics").text, 30,
-               what="the second gateway to see flaky's circuit open")
-    before = bad.stats()["chat"]
-    resp = chat(second, "breaker")
-    assert resp.status_code == 200 and resp.headers["x-edgerules-route"] == "up/m"
-    assert resp.headers["x-edgerules-attempts"] == "1"
-    assert bad.stats()["chat"] == before   # the open circuit skipped flaky without calling it
+    breaker_is_shared(pair, bad)
 
 
 def test_a_redis_outage_fails_closed_for_limits_and_open_for_the_rest(pair, redis_server):
@@ -188,14 +141,7 @@ def test_a_redis_outage_fails_closed_for_limits_and_open_for_the_rest(pair, redi
     redis_server.kill()
     try:
         for gw in pair:
-            refused = chat(gw, "durable")
-            assert refused.status_code == 503, refused.text
-            assert refused.json()["error"]["code"] == "limits_unavailable"
-            served = chat(gw, "cache", fresh())     # the cache is skipped, never an error
-            assert served.status_code == 200 and served.headers["x-edgerules-cache"] == "BYPASS"
-            routed = chat(gw, "breaker")            # breakers keep their local state
-            assert routed.status_code == 200 and routed.headers["x-edgerules-route"] == "up/m"
-            assert chat(gw, "plain").status_code == 200
+            redis_gone(gw, "durable")
     finally:
         redis_server.start()
     # Nothing was lost: the 3 admitted before the outage still count, on both gateways.

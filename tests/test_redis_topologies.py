@@ -3,18 +3,16 @@
 HIT on the other, a circuit opened by one is open on the other."""
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import tempfile
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
 from gw import start_gateway
 from procs import Process, free_port, skip_or_fail_in_ci, start_upstream, wait_until
+from shared_state import breaker_is_shared, cache_is_shared, limit_is_exact_across, redis_gone
 
 POLICY = """
 provider up { url "{good}" }
@@ -145,58 +143,16 @@ def tails(gateways) -> str:
     return "\n".join(gw.output()[-4000:] for gw in gateways)
 
 
-def chat(gw, test: str, content: str = "hello", **fields) -> httpx.Response:
-    body = {"model": "m", "messages": [{"role": "user", "content": content}], **fields}
-    return gw.post("/v1/chat/completions", json=body, headers={"x-test": test})
-
-
-async def crowd(gateways, test: str, n: int) -> list[httpx.Response]:
-    """n requests at once, spread over the gateways in turn."""
-    limits = httpx.Limits(max_connections=n + 10)
-    clients = [httpx.AsyncClient(base_url=g.url, limits=limits, timeout=60, trust_env=False) for g in gateways]
-    body = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
-    try:
-        return await asyncio.gather(*(clients[i % len(clients)].post(
-            "/v1/chat/completions", json=body, headers={"x-test": test}) for i in range(n)))
-    finally:
-        for client in clients:
-            await client.aclose()
-
-
 def test_one_limit_admits_exactly_n_across_both(pair):
-    responses = asyncio.run(crowd(pair, "exact", 36))
-    statuses = [r.status_code for r in responses]
-    assert statuses.count(200) == 12 and statuses.count(429) == 24, (statuses, tails(pair))
-    for gw in pair:
-        assert chat(gw, "exact").status_code == 429
+    limit_is_exact_across(pair, 12, lambda: tails(pair))
 
 
 def test_an_answer_cached_by_one_is_a_hit_on_the_other(pair, upstream):
-    first, second = pair
-    content = f"question {uuid.uuid4().hex[:8]}"
-    before = upstream.stats()["chat"]
-    miss = chat(first, "cache", content)
-    assert miss.status_code == 200 and miss.headers["x-edgerules-cache"] == "MISS", miss.text
-    hit = chat(second, "cache", content)
-    assert hit.status_code == 200 and hit.headers["x-edgerules-cache"] == "HIT"
-    assert hit.json() == miss.json()
-    streamed = chat(second, "cache", content, stream=True)   # replayed from the stored answer
-    assert streamed.headers["x-edgerules-cache"] == "HIT" and streamed.text.endswith("data: [DONE]\n\n")
-    assert upstream.stats()["chat"] == before + 1
+    cache_is_shared(pair, upstream)
 
 
 def test_a_circuit_opened_by_one_is_open_on_the_other(pair, bad):
-    first, second = pair
-    for _ in range(2):   # two failures open flaky's circuit; the fallback answers meanwhile
-        resp = chat(first, "breaker")
-        assert resp.status_code == 200 and resp.headers["x-edgerules-route"] == "up/m"
-    wait_until(lambda: 'edgerules_provider_open{provider="flaky"} 1' in second.http.get("/metrics").text, 30,
-               what="the second gateway to see flaky's circuit open")
-    before = bad.stats()["chat"]
-    resp = chat(second, "breaker")
-    assert resp.status_code == 200 and resp.headers["x-edgerules-route"] == "up/m"
-    assert resp.headers["x-edgerules-attempts"] == "1"
-    assert bad.stats()["chat"] == before   # the open circuit skipped flaky without calling it
+    breaker_is_shared(pair, bad)
 
 
 def test_the_password_in_the_state_uri_is_never_printed(pair):
@@ -211,15 +167,7 @@ def test_with_every_server_gone_limits_fail_closed_and_the_rest_open(pair):
         server.proc.popen.kill()
         server.proc.popen.wait(10)
     for gw in pair:
-        refused = chat(gw, "exact")
-        assert refused.status_code == 503, refused.text
-        assert refused.json()["error"]["code"] == "limits_unavailable"
-        served = chat(gw, "cache", f"question {uuid.uuid4().hex[:8]}")   # the cache is skipped
-        assert served.status_code == 200, served.text
-        assert served.headers["x-edgerules-cache"] == "BYPASS"
-        routed = chat(gw, "breaker")   # breakers keep their local state: flaky's circuit is open
-        assert routed.status_code == 200 and routed.headers["x-edgerules-route"] == "up/m"
-        assert chat(gw, "plain").status_code == 200
+        redis_gone(gw, "exact")
 
 
 def test_a_state_uri_that_cannot_work_is_refused_before_serving(tmp_path):
