@@ -79,9 +79,8 @@ rule echoed { when model == "echoed" route echoed/m }
 
 
 @pytest.fixture(scope="module")
-def up():
-    with start_upstream() as proc:
-        yield proc
+def up(upstream):
+    return upstream   # conftest's fake upstream of this module
 
 
 @pytest.fixture(scope="module")
