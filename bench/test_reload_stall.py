@@ -39,7 +39,7 @@ def test_reload_stall(setting, tmp_path):
     policy = tmp_path / "policy.rules"
     policy.write_text(synthetic_policy(rules))
     port = gb._free_port()
-    proc = gb._start([sys.executable, "-m", "edgerules", "serve", "--rules", str(tmp_path), "--port", str(port),
+    proc = gb.start_server([sys.executable, "-m", "edgerules", "serve", "--rules", str(tmp_path), "--port", str(port),
                       "--no-watch", "--log-level", "warning", "--log-store", "none"],
                      f"http://127.0.0.1:{port}/healthz", timeout=180)
     try:
