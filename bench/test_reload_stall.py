@@ -5,13 +5,19 @@ the serving process rebuilds it from the helper's result); the latency of reques
 reloads run (max, p99, share over 50 ms) is compared with that of a quiet period of steady load in
 the same run. Target: no request waits more than 50 ms because of a reload.
 
+Beside it, test_helper_contention: the same steady load without reloads, alternately alone and
+beside a process doing the helper's work (prepare_policy of the 10,000-rule policy after an edit,
+in a loop, at the helper's nice level): what the helper's CPU and memory use alone does to requests.
+
 Figures: `python3 -m pytest bench/test_reload_stall.py -s`. Under `--benchmark-disable` (CI) one
-reload of a 2,000-rule policy (through the helper) only checks that requests keep being answered.
+reload of a 2,000-rule policy (through the helper) only checks that requests keep being answered,
+and the contention measurement is skipped.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,6 +105,77 @@ async def _measure(base: str, policy: Path, model: str, reloads: int, quiet_seco
             "during_max_s_before_reload_end": round(worst_end - worst[1], 2) if worst else None,
             "quiet_requests": len(before), **_spread("quiet", before),
             "errors": errors}
+
+
+_HELPER_LIKE = """
+import os, sys, time
+from edgerules.gateway.reload import HELPER_NICE
+from edgerules.lang.policy import prepare_policy
+os.nice(HELPER_NICE)
+end, i = time.monotonic() + float(sys.argv[2]), 0
+while time.monotonic() < end:
+    with open(os.path.join(sys.argv[1], "policy.rules"), "a") as f:
+        f.write(f"# edit {i}\\n")
+    prepare_policy(sys.argv[1])
+    i += 1
+"""
+CONTENTION_SECONDS = 10.0
+CONTENTION_ROUNDS = 2
+
+
+def test_helper_contention(setting, tmp_path):
+    if setting["quiet"] == 0.0:
+        pytest.skip("a measurement: not under --benchmark-disable")
+    served, edited = tmp_path / "served", tmp_path / "edited"
+    for folder in (served, edited):
+        folder.mkdir()
+        (folder / "policy.rules").write_text(synthetic_policy(setting["rules"]))
+    port = gb._free_port()
+    proc = gb.start_server([sys.executable, "-m", "edgerules", "serve", "--rules", str(served), "--port", str(port),
+                            "--no-watch", "--log-level", "warning", "--log-store", "none"],
+                           f"http://127.0.0.1:{port}/healthz", timeout=180)
+    try:
+        result = asyncio.run(_contention(f"http://127.0.0.1:{port}", edited, synthetic_models(setting["rules"])[0]))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    print(f"\nhelper contention, {setting['rules']} rules, {CONNECTIONS} connections: {json.dumps(result)}")
+    assert result["errors"] == 0
+
+
+async def _contention(base: str, edited: Path, model: str) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": "hello"}]}
+    errors = 0
+
+    async def steady(client: httpx.AsyncClient, seconds: float) -> list[float]:
+        nonlocal errors
+        samples: list[float] = []
+        end = time.monotonic() + seconds
+
+        async def one():
+            nonlocal errors
+            while time.monotonic() < end and len(samples) < MAX_REQUESTS:
+                t0 = time.monotonic()
+                resp = await client.post("/v1/chat/completions", json=body)
+                samples.append(time.monotonic() - t0)
+                errors += resp.status_code != 200
+        await asyncio.gather(*(one() for _ in range(CONNECTIONS)))
+        return samples
+
+    alone: list[float] = []
+    beside: list[float] = []
+    async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=CONNECTIONS + 2),
+                                 timeout=60) as client:
+        await steady(client, 1.0)   # warm up
+        for _ in range(CONTENTION_ROUNDS):
+            alone += await steady(client, CONTENTION_SECONDS)
+            helper = subprocess.Popen([sys.executable, "-c", _HELPER_LIKE, str(edited), str(CONTENTION_SECONDS + 0.5)])
+            try:
+                beside += await steady(client, CONTENTION_SECONDS)
+            finally:
+                await asyncio.to_thread(helper.wait, 120)
+    return {"alone_requests": len(alone), **_spread("alone", alone),
+            "beside_helper_requests": len(beside), **_spread("beside_helper", beside), "errors": errors}
 
 
 def _spread(name: str, seconds: list[float]) -> dict:
