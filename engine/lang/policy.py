@@ -52,7 +52,8 @@ def read_sources(path: str | os.PathLike) -> list[Source]:
 FREEZE_RULES = 1_000   # from this size a loaded policy is moved out of the cyclic collector's sight
 
 # Parsed files kept between loads in this process, so a reload re-parses only the files that
-# changed: keyed by (file name, sha256 of the text); the AST is frozen, so sharing it is safe.
+# changed: keyed by (file name, sha256 of the text), the latest version of each file only; the
+# AST is frozen, so sharing it is safe.
 PARSE_CACHE_FILES = 1024
 PARSE_CACHE_CHARS = 64 * 1024 * 1024    # of source text: bounds the ASTs kept as well
 _parsed: dict[tuple[str, str], tuple] = {}   # oldest first
@@ -72,6 +73,10 @@ def parse_cached(source: Source) -> tuple[ast.Program | None, list[Diagnostic]]:
     program, errors = parse_source(source)
     with _parsed_lock:
         _parse_stats["misses"] += 1
+        # The file's earlier versions go: an edited 1 MB file would otherwise keep ~17 MB of AST
+        # a version, up to PARSE_CACHE_CHARS of them (a reverted edit is parsed again).
+        for stale in [k for k in _parsed if k[0] == source.name]:
+            del _parsed[stale]
         _parsed[key] = (program, tuple(errors), len(source.text))
         total = sum(entry[2] for entry in _parsed.values())
         while len(_parsed) > 1 and (len(_parsed) > PARSE_CACHE_FILES or total > PARSE_CACHE_CHARS):
@@ -145,6 +150,11 @@ def prepare_policy(path: str | os.PathLike, env: Mapping[str, str] | None = None
                                     [*policy.warnings, *policy.notes], policy.path)), protocol=5)
     except (pickle.PicklingError, TypeError, AttributeError, ValueError) as exc:   # e.g. a native regex
         return pickle.dumps(("fallback", f"{type(exc).__name__}: {exc}"))
+    finally:
+        # Only its bytes leave: its code's namespace, which holds its own functions, would
+        # otherwise outlive it in the helper, frozen out of the collector's sight at every reload.
+        for namespace in policy.bulk()[1]:
+            namespace.clear()
 
 
 def prepared_policy(data: bytes) -> "Policy | None":
