@@ -103,7 +103,12 @@ class _Writer:
         return args[text][0]
 
     def _name(self, rule: CheckedRule) -> str:
-        return repr(rule.name) if self._shape_args is None else self._param(repr(rule.name), rule.name)
+        return self._literal(rule.name)
+
+    def _literal(self, value: object) -> str:
+        """An action's value (a rule name, a deny, a tag, a timeout): a literal, or in a shape
+        a parameter, so rules that differ only in their messages or tags share a shape."""
+        return repr(value) if self._shape_args is None else self._param(repr(value), value)
 
     # ---- the whole function ---------------------------------------------------------------
 
@@ -335,7 +340,7 @@ class _Writer:
     def _action(self, rule: CheckedRule, a: CheckedAction, indent: int) -> None:
         k = a.kind
         if k == "deny":
-            self.emit(indent, f"d.deny = {a.value!r}")
+            self.emit(indent, f"d.deny = {self._literal(a.value)}")
         elif k == "hide":
             self.emit(indent, "d.hide = True")
         elif k == "route":
@@ -351,9 +356,9 @@ class _Writer:
         elif k == "retry":
             self.emit(indent, f"d.retry = {self.const(a.value)}")
         elif k in ("timeout", "deadline", "log"):
-            self.emit(indent, f"d.{k} = {a.value!r}")
+            self.emit(indent, f"d.{k} = {self._literal(a.value)}")
         elif k == "tag":
-            self.emit(indent, f"d.tags += ({a.value!r},)")
+            self.emit(indent, f"d.tags += ({self._literal(a.value)},)")
 
     def _tuple(self, exprs) -> str:
         if not exprs:
