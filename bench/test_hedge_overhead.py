@@ -30,9 +30,9 @@ def gateway(tmp_path_factory):
         f'provider a {{ url "http://127.0.0.1:{a}/v1" }}\nprovider b {{ url "http://127.0.0.1:{b}/v1" }}\n'
         'rule hedged { when model == "hedged" route hedge [a/m, b/m] after 2s }\n'
         'rule plain { route a/m }\n')
-    procs = [gb._start([sys.executable, "-m", "edgerules.drills.upstream", "--port", str(port)],
+    procs = [gb.start_server([sys.executable, "-m", "edgerules.drills.upstream", "--port", str(port)],
                        f"http://127.0.0.1:{port}/healthz") for port in (a, b)]
-    procs.append(gb._start([sys.executable, "-m", "edgerules", "serve", "--rules", str(rules), "--port", str(gw),
+    procs.append(gb.start_server([sys.executable, "-m", "edgerules", "serve", "--rules", str(rules), "--port", str(gw),
                             "--no-watch", "--log-level", "warning"], f"http://127.0.0.1:{gw}/healthz"))
     yield f"http://127.0.0.1:{gw}/v1/chat/completions"
     for proc in reversed(procs):

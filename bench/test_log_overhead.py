@@ -39,13 +39,13 @@ def gateways():
     upstream_url = f"http://127.0.0.1:{up}/v1"
     policy_dir = gb.bench_policy_dir(str(Path(__file__).resolve().parent.parent / "rules"), upstream_url)
     db = root / "requests.db"
-    procs = [gb._start([sys.executable, "-m", "edgerules.drills.upstream", "--port", str(up)],
+    procs = [gb.start_server([sys.executable, "-m", "edgerules.drills.upstream", "--port", str(up)],
                        f"http://127.0.0.1:{up}/healthz")]
     ports = {}
     try:
         for name, store in (("log", f"sqlite://{db}"), ("nolog", "none")):
             port = ports[name] = gb._free_port()
-            procs.append(gb._start([sys.executable, "-m", "edgerules", "serve", "--rules", policy_dir,
+            procs.append(gb.start_server([sys.executable, "-m", "edgerules", "serve", "--rules", policy_dir,
                                     "--port", str(port), "--no-watch", "--log-level", "warning",
                                     "--log-store", store], f"http://127.0.0.1:{port}/healthz"))
         yield {name: (f"http://127.0.0.1:{port}/v1/chat/completions", procs[i + 1].pid)

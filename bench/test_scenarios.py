@@ -21,10 +21,10 @@ def servers():
     up, gw = gb._free_port(), gb._free_port()
     upstream_url = f"http://127.0.0.1:{up}/v1"
     policy_dir = gb.scenario_policy_dir(upstream_url)
-    procs = [gb._start([sys.executable, "-m", "edgerules.drills.upstream", "--port", str(up)],
+    procs = [gb.start_server([sys.executable, "-m", "edgerules.drills.upstream", "--port", str(up)],
                        f"http://127.0.0.1:{up}/healthz")]
     try:
-        procs.append(gb._start([sys.executable, "-m", "edgerules", "serve", "--rules", policy_dir,
+        procs.append(gb.start_server([sys.executable, "-m", "edgerules", "serve", "--rules", policy_dir,
                                 "--port", str(gw), "--no-watch", "--log-level", "warning"],
                                f"http://127.0.0.1:{gw}/healthz"))
         yield {"direct": up, "edgerules": gw}

@@ -142,7 +142,7 @@ ASK = " ".join(f"word{i % 50} is" for i in range(1500))   # the fake upstream st
 def gateways():
     up = gb._free_port()
     url = f"http://127.0.0.1:{up}/v1"
-    procs = [gb._start([sys.executable, "-m", "edgerules", "upstream", "--port", str(up), "--chunk-delay", "0.0003"],
+    procs = [gb.start_server([sys.executable, "-m", "edgerules", "upstream", "--port", str(up), "--chunk-delay", "0.0003"],
                        f"http://127.0.0.1:{up}/healthz")]
     env = {"BENCH_PROVIDER_KEY": SECRETS[0], "BENCH_GATEWAY_KEY": SECRETS[3]}
     out = {}
@@ -153,7 +153,7 @@ def gateways():
             port = gb._free_port()
             os.environ.update(env)   # the child inherits them; taken back once it has started
             try:
-                procs.append(gb._start([sys.executable, "-m", "edgerules", "serve", "--rules", str(folder),
+                procs.append(gb.start_server([sys.executable, "-m", "edgerules", "serve", "--rules", str(folder),
                                         "--port", str(port), "--no-watch", "--log-store", "none",
                                         "--log-level", "warning"], f"http://127.0.0.1:{port}/healthz"))
             finally:

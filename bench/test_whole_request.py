@@ -24,10 +24,10 @@ def servers():
     upstream_url = f"http://127.0.0.1:{up}/v1"
     policy_dir = gb.bench_policy_dir(str(gb.Path(__file__).resolve().parent.parent / "rules"), upstream_url)
     procs = [
-        gb._start([sys.executable, "-m", "edgerules.drills.upstream", "--port", str(up)], f"http://127.0.0.1:{up}/healthz"),
-        gb._start([sys.executable, "-m", "edgerules.drills.passthrough", "--upstream", upstream_url, "--port", str(pt)],
+        gb.start_server([sys.executable, "-m", "edgerules.drills.upstream", "--port", str(up)], f"http://127.0.0.1:{up}/healthz"),
+        gb.start_server([sys.executable, "-m", "edgerules.drills.passthrough", "--upstream", upstream_url, "--port", str(pt)],
                   f"http://127.0.0.1:{pt}/healthz"),
-        gb._start([sys.executable, "-m", "edgerules", "serve", "--rules", policy_dir, "--port", str(gw),
+        gb.start_server([sys.executable, "-m", "edgerules", "serve", "--rules", policy_dir, "--port", str(gw),
                    "--no-watch", "--log-level", "warning"], f"http://127.0.0.1:{gw}/healthz"),
     ]
     yield {"direct": up, "passthrough": pt, "edgerules": gw}
