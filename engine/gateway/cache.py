@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from .errors import GatewayError
 from .pipeline import SSE_HEADERS
 from .providers.base import parsed_answer_limit
+from .shared import is_failure
 from .redact import policy_redactor
 from .replay import StreamAssembler, stream_events
 from .requests import parse_size
@@ -350,7 +351,9 @@ class RemoteEntries:
             raise RemoteDown
         try:
             return await awaitable
-        except self._errors as exc:
+        except Exception as exc:
+            if not is_failure(exc, self._errors):
+                raise
             self.shared.failed(what, exc)
             raise RemoteDown from None
 

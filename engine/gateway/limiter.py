@@ -21,7 +21,7 @@ from ..lang.spec import LimitSpec, target_leaves
 from .errors import GatewayError
 from .memstore import DequeMemoryStorage
 from .router import resolve_model
-from .shared import limits_options
+from .shared import is_failure, limits_options
 from .usage import ask_stream_usage
 
 log = logging.getLogger("edgerules.gateway")
@@ -151,13 +151,12 @@ class Limiter:
                 if not rerouted:   # the first full limit with `else route` picks the target
                     call.target, rerouted = spec.else_route, True
             call.extra_headers.update(await self._headers(met))
-        except self._failures as exc:
+        except BaseException as exc:
             await self._release(holds)
+            if not is_failure(exc, self._failures):
+                raise
             log.error("limits storage failed: %s", exc)
             raise GatewayError(503, "the limits storage is unavailable", code="limits_unavailable") from None
-        except BaseException:
-            await self._release(holds)
-            raise
         call.admission = holds or None
 
     async def _hold(self, call, meter: Meter, key: str, values: tuple, holds: list) -> bool:

@@ -102,6 +102,23 @@ def failure_types() -> tuple[type[BaseException], ...]:
     return (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
+def is_failure(exc: BaseException, failures) -> bool:
+    """Whether an exception means Redis failed: one of `failures`, or any other error raised inside
+    redis-py (its Cluster client using a connection that another command closed: a RuntimeError
+    from the transport, an AttributeError on its writer, seen in the first burst after a whole
+    Cluster restarted), which is no bug of the gateway's."""
+    if isinstance(exc, failures):
+        return True
+    if not isinstance(exc, Exception):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith("redis."):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def open_shared(state_uri: str) -> Shared | None:
     """The Redis client for a shared state URI; None for `memory://` (or when redis-py is missing:
     then limits fall back to the `limits` library's own client and the cache and breakers stay local)."""
