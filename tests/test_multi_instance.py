@@ -148,12 +148,13 @@ def test_a_redis_outage_fails_closed_for_limits_and_open_for_the_rest(pair, redi
     wait_until(lambda: chat(second, "durable").status_code != 503, 30, what="limits back after Redis restarted")
     statuses = [chat(gw, "durable").status_code for gw in (first, second, first)]
     assert statuses == [200, 429, 429], statuses
-    for gw in pair:   # each instance finds Redis again on its own (a stale pooled connection, a quiet second)
+    for gw in pair:   # each instance finds Redis again once its quiet second after the outage ends
         wait_until(lambda: chat(gw, "cache", fresh()).headers["x-edgerules-cache"] != "BYPASS", 30,
                    what="the cache back after Redis restarted")
-    content = fresh()
-    assert chat(first, "cache", content).headers["x-edgerules-cache"] == "MISS"
-    assert chat(second, "cache", content).headers["x-edgerules-cache"] == "HIT"
+    # Every pooled connection went stale with the restart: each is retried once on a new one, so a
+    # burst over both instances meets no BYPASS, only the one MISS that stores the answer.
+    responses = asyncio.run(crowd(pair, "cache", 16, fresh()))
+    assert sorted(r.headers["x-edgerules-cache"] for r in responses) == ["HIT"] * 15 + ["MISS"]
     assert 'edgerules_provider_open{provider="flaky"} 1' in second.http.get("/metrics").text
 
 

@@ -135,7 +135,7 @@ def open_shared(state_uri: str) -> Shared | None:
     if scheme in PLAIN:
         size = int(os.environ.get(ENV_REDIS_POOL, DEFAULT_REDIS_POOL))
         url = plain.replace("redis+unix://", "unix://", 1)
-        pool = aredis.BlockingConnectionPool.from_url(url, max_connections=size, **options)
+        pool = aredis.BlockingConnectionPool.from_url(url, max_connections=size, retry=stale_retry(), **options)
         return Shared(state_uri, aredis.Redis(connection_pool=pool), pool, failures=failure_types())
     if scheme == SENTINEL:
         from redis.asyncio.sentinel import Sentinel
@@ -195,6 +195,17 @@ def limits_options(shared: Shared | None) -> dict:
     if scheme_of(shared.uri) == SENTINEL:
         return {"implementation": "redispy", "retry": fail_fast(), "sentinel_kwargs": {"retry": fail_fast()}}
     return {"implementation": "redispy"}
+
+
+def stale_retry():
+    """One immediate retry on a connection error, none on a timeout: after Redis restarted, every
+    pooled connection is stale and fails its next command once (redis-py's pools retry nothing by
+    default), which made each of them a BYPASS and a quiet second for the cache and breakers."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 def fail_fast():
