@@ -111,11 +111,7 @@ class Exchange:
         if not call.stream:
             raw = await provider.passthrough(self.ingress.path, payload, timeout)
             return UpstreamResponse(200, raw, _native_answer(provider, raw))
-        resp = await provider.passthrough(self.ingress.path, payload, timeout, stream=True)
-        if resp.content_type == "application/json":
-            resp.close()
-            raise provider.error(502, f"upstream '{provider.spec.name}' answered a stream request with "
-                                      f"JSON instead of events", upstream_status=resp.status)
+        resp = provider.events_of(await provider.passthrough(self.ingress.path, payload, timeout, stream=True))
         return UpstreamStream(_native_events(self.ingress, provider, resp, timeout, call), resp.close)
 
 

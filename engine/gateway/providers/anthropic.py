@@ -11,7 +11,7 @@ import orjson
 from ...lang.spec import ProviderSpec
 from .base import HttpProvider, ProviderError, UpstreamResponse, UpstreamStream
 from .echo import message_text
-from .tools import (ANSWER_TOOL, ChunkWriter, StreamFailure, Untranslatable, answer_schema, arguments,
+from .tools import (ANSWER_TOOL, ChunkWriter, StreamFailure, Untranslatable, answer_schema, arguments, feed,
                     check_fields, choice, function_tools, tool_call, tool_choice, wants_usage)
 
 DEFAULT_URL = "https://api.anthropic.com/v1"
@@ -272,11 +272,7 @@ class AnthropicProvider(HttpProvider):
     async def chat_stream(self, body: dict, model: str, timeout: float) -> UpstreamStream:
         payload = self._translate(body, model, True)
         translator = StreamTranslator(model, wants_usage(body), answer_schema(body) is not None)
-        resp = await self.post("/messages", payload, timeout, stream=True)
-        if resp.content_type == "application/json":
-            resp.close()
-            raise self.error(502, f"upstream '{self.spec.name}' answered a stream request with JSON "
-                                  f"instead of events", upstream_status=resp.status)
+        resp = self.events_of(await self.post("/messages", payload, timeout, stream=True))
         return UpstreamStream(self._events(resp, timeout, translator), resp.close)
 
     async def embeddings(self, body: dict, model: str, timeout: float) -> UpstreamResponse:
@@ -292,15 +288,7 @@ class AnthropicProvider(HttpProvider):
                 async for data in events:
                     if translator.done:
                         continue   # drained so the connection goes back to the pool
-                    try:
-                        out = translator.feed(orjson.loads(data))
-                    except orjson.JSONDecodeError:
-                        raise self.error(502, f"upstream '{self.spec.name}' sent an event that is not JSON",
-                                         kind="stream") from None
-                    except StreamFailure as exc:
-                        raise self.error(502, f"upstream '{self.spec.name}' failed mid-stream: {exc}",
-                                         kind="stream") from None
-                    for event in out:
+                    for event in feed(self, translator, data):
                         yield event
         except ProviderError:
             if not translator.done:

@@ -404,6 +404,14 @@ class HttpProvider(Provider):
                              upstream_status=200)
         return data
 
+    def events_of(self, resp: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+        """The open response of a stream request, unless the upstream answered JSON instead of events."""
+        if resp.content_type == "application/json":
+            resp.close()
+            raise self.error(502, f"upstream '{self.spec.name}' answered a stream request with JSON "
+                                  f"instead of events", upstream_status=resp.status)
+        return resp
+
     async def sse_data(self, resp: aiohttp.ClientResponse, timeout: float) -> AsyncIterator[bytes]:
         """The `data` payload of each SSE event of a response; comment-only events are skipped."""
         async with aclosing(self.sse_batches(resp, timeout)) as batches:

@@ -258,11 +258,7 @@ class BedrockProvider(HttpProvider):
     async def chat_stream(self, body: dict, model: str, timeout: float) -> UpstreamStream:
         payload = self._translate(body)
         translator = StreamTranslator(model, wants_usage(body), answer_schema(body) is not None)
-        resp = await self.post(self._path(model, "converse-stream"), payload, timeout, stream=True)
-        if resp.content_type == "application/json":
-            resp.close()
-            raise self.error(502, f"upstream '{self.spec.name}' answered a stream request with JSON "
-                                  f"instead of events", upstream_status=resp.status)
+        resp = self.events_of(await self.post(self._path(model, "converse-stream"), payload, timeout, stream=True))
         return UpstreamStream(self._events(resp, timeout, translator), resp.close)
 
     async def embeddings(self, body: dict, model: str, timeout: float) -> UpstreamResponse:

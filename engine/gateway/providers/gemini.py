@@ -12,7 +12,7 @@ import orjson
 from ...lang.spec import ProviderSpec
 from .base import HttpProvider, UpstreamResponse, UpstreamStream, error_message
 from .echo import message_text
-from .tools import (ChunkWriter, StreamFailure, Untranslatable, answer_schema, arguments, check_fields, choice,
+from .tools import (ChunkWriter, StreamFailure, Untranslatable, answer_schema, arguments, check_fields, choice, feed,
                     completion, function_tools, tool_call, tool_choice, tool_names, usage, wants_usage)
 
 DEFAULT_URL = "https://generativelanguage.googleapis.com/v1beta"
@@ -262,11 +262,8 @@ class GeminiProvider(HttpProvider):
     async def chat_stream(self, body: dict, model: str, timeout: float) -> UpstreamStream:
         payload = self._translate(body)
         translator = StreamTranslator(model, wants_usage(body))
-        resp = await self.post(self._model(model) + ":streamGenerateContent?alt=sse", payload, timeout, stream=True)
-        if resp.content_type == "application/json":
-            resp.close()
-            raise self.error(502, f"upstream '{self.spec.name}' answered a stream request with JSON "
-                                  f"instead of events", upstream_status=resp.status)
+        resp = self.events_of(await self.post(self._model(model) + ":streamGenerateContent?alt=sse", payload,
+                                              timeout, stream=True))
         return UpstreamStream(self._events(resp, timeout, translator), resp.close)
 
     async def embeddings(self, body: dict, model: str, timeout: float) -> UpstreamResponse:
@@ -298,15 +295,7 @@ class GeminiProvider(HttpProvider):
                       translator: StreamTranslator) -> AsyncIterator[bytes]:
         async with aclosing(self.sse_data(resp, timeout)) as events:
             async for data in events:
-                try:
-                    out = translator.feed(orjson.loads(data))
-                except orjson.JSONDecodeError:
-                    raise self.error(502, f"upstream '{self.spec.name}' sent an event that is not JSON",
-                                     kind="stream") from None
-                except StreamFailure as exc:
-                    raise self.error(502, f"upstream '{self.spec.name}' failed mid-stream: {exc}",
-                                     kind="stream") from None
-                for event in out:
+                for event in feed(self, translator, data):
                     yield event
         try:
             tail = translator.end()

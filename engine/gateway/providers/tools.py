@@ -20,6 +20,19 @@ class StreamFailure(ValueError):
     """An error reported inside an upstream stream; the text is the upstream's message."""
 
 
+def feed(provider, translator, data: bytes) -> list[bytes]:
+    """The chat chunks a translator makes of one SSE `data` payload; a payload that is not JSON,
+    or an error the upstream reported in the stream, ends it with the provider's 502."""
+    try:
+        return translator.feed(orjson.loads(data))
+    except orjson.JSONDecodeError:
+        raise provider.error(502, f"upstream '{provider.spec.name}' sent an event that is not JSON",
+                             kind="stream") from None
+    except StreamFailure as exc:
+        raise provider.error(502, f"upstream '{provider.spec.name}' failed mid-stream: {exc}",
+                             kind="stream") from None
+
+
 def check_fields(body: dict, fields: dict[str, str]) -> None:
     """Refuse a field the format cannot carry. `fields` maps each known field to "mapped",
     "dropped" (documented in docs/api.md) or "refused"; a field not listed is refused too, so
