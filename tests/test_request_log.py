@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
@@ -273,6 +274,24 @@ def test_shutdown_writes_every_queued_row(upstream, store, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert sorted(orjson.loads(line)["id"] for line in out.stdout.splitlines()) == sorted(ids)
+
+
+def test_a_burst_larger_than_one_insert_is_stored_row_for_row(upstream, tmp_path):
+    """Rows are written many to an INSERT (ROWS_PER_INSERT, 100): a burst of 230 concurrent
+    requests spans full and partial statements; every row lands whole, its columns in place."""
+    store = f"sqlite://{tmp_path}/requests.db"
+    gw = start_gateway(policy(upstream), tmp_path / "gw", "--no-watch", "--log-store", store)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: chat(gw, key=(ALICE, BOB)[i % 2], content=f"n{i}"), range(230)))
+        assert [a.status_code for a in answers] == [200] * 230
+        keys = {a.headers["x-request-id"]: ("alice", "bob")[i % 2] for i, a in enumerate(answers)}
+        rows = logged(gw, 230)
+        assert {r["id"]: r["key"] for r in rows} == keys
+        assert {(r["model"], r["route"], r["provider"], r["status"], r["cache"]) for r in rows} == {
+            ("up/m", "up/m", "up", 200, "BYPASS")}
+    finally:
+        gw.stop()
 
 
 def test_logs_follow_prints_new_requests(upstream, tmp_path):
