@@ -29,6 +29,7 @@ from ..observe import admin as observe_admin
 from ..observe.requestlog import capture_stream, cost_of, failure_row, open_request_log, request_id
 from ..observe.store import probe_store, resolve_uri
 from . import canary as canary_admin
+from .http import HEAD_WITH_BODY
 from .pipeline import Call, forward
 from .reload import Reloader
 from .settings import BY_NAME
@@ -323,7 +324,15 @@ class GatewayApp(Starlette):
                     response = await handler(request)
                 except Exception as exc:   # as ServerErrorMiddleware and _server_error would answer
                     response = await _server_error(request, exc)
-                await response(scope, receive, send)
+                head = scope.get(HEAD_WITH_BODY)
+                if head is None or hasattr(response, "body_iterator"):
+                    await response(scope, receive, send)
+                    return
+                head.hold()   # a whole answer: its head and body leave in one send
+                try:
+                    await response(scope, receive, send)
+                finally:
+                    head.flush()
                 return
         await super().__call__(scope, receive, send)
 
