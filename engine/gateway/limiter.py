@@ -104,6 +104,8 @@ class Limiter:
         self.storage = open_storage(state_uri, shared)
         self._failures = (StorageError, *shared.failures) if shared is not None else StorageError
         self.moving = MovingWindowRateLimiter(self.storage)
+        # memory://: moving windows are counted in place, without the storage's coroutines
+        self._local = self.storage if isinstance(self.storage, DequeMemoryStorage) else None
         self.fixed = FixedWindowRateLimiter(self.storage)
         if completion_reserve is None:
             completion_reserve = int(os.environ.get(ENV_RESERVE, DEFAULT_RESERVE))
@@ -125,7 +127,7 @@ class Limiter:
         holds: list[Hold] = []
         rerouted = False
         try:
-            seen, now, storage = self.seen, time.time(), self.storage
+            seen, now, storage, local = self.seen, time.time(), self.storage, self._local
             met = []
             for spec, values in call.decision.limits:
                 meter = self._meter(spec)
@@ -139,7 +141,8 @@ class Limiter:
             for (meter, key), (spec, values) in zip(met, call.decision.limits):
                 if meter.moving:
                     # limits' MovingWindowRateLimiter.hit, without its layers
-                    admitted = await storage.acquire_entry(key, meter.amount, meter.expiry)
+                    admitted = (local.take(key, meter.amount, meter.expiry) if local is not None
+                                else await storage.acquire_entry(key, meter.amount, meter.expiry))
                 else:
                     ask_stream_usage(call)   # the usage of a streamed answer reconciles budgets
                     admitted = await self._hold(call, meter, key, values, holds)
@@ -276,7 +279,11 @@ class Limiter:
             if refused is not None and meter is refused[0]:
                 (reset, remaining), rank = refused[1], (-1, 0)
             else:
-                reset, remaining = await self._stats(meter, key)
+                if meter.moving and self._local is not None:
+                    start, count = self._local.window(key, meter.expiry)
+                    reset, remaining = start + meter.expiry, meter.amount - count
+                else:
+                    reset, remaining = await self._stats(meter, key)
                 rank = (remaining, spec.amount)
             best = tightest.get(spec.kind)
             if best is None or rank < best[0]:
@@ -379,7 +386,8 @@ def format_reset(seconds: float) -> str:
         return f"{millis}ms"
     minutes, millis = divmod(millis, 60_000)
     hours, minutes = divmod(minutes, 60)
-    text = f"{millis / 1000:g}s"
+    whole, part = divmod(millis, 1000)
+    text = f"{whole}.{part:03d}".rstrip("0") + "s" if part else f"{whole}s"
     if hours:
         return f"{hours}h{minutes}m{text}"
     return f"{minutes}m{text}" if minutes else text

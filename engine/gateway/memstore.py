@@ -30,7 +30,12 @@ class DequeMemoryStorage(MemoryStorage):
         self._next_sweep = time.time() + SWEEP_EVERY
         self._unswept: list[str] = []       # the keys the current pass of the sweep has yet to see
 
-    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+    # take() and window() are the synchronous forms the limiter calls directly: the library wraps
+    # each async storage method in a second coroutine (to rename its errors), two awaits a call
+    # that a dict and a deque cannot fail.
+
+    def take(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        """acquire_entry(), now."""
         if amount > limit:
             return False
         now = time.time()
@@ -50,8 +55,8 @@ class DequeMemoryStorage(MemoryStorage):
             self._sweep(now)
         return True
 
-    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
-        """(time of the oldest entry still in the window, entries in the window)."""
+    def window(self, key: str, expiry: int) -> tuple[float, int]:
+        """(time of the oldest entry still in the window, entries in the window), now."""
         now = time.time()
         events = self.events.get(key)
         if events:
@@ -59,6 +64,13 @@ class DequeMemoryStorage(MemoryStorage):
             if events:
                 return events[0], len(events)
         return now, 0
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        return self.take(key, limit, expiry, amount)
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        """(time of the oldest entry still in the window, entries in the window)."""
+        return self.window(key, expiry)
 
     async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         now = time.time()
