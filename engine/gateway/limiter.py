@@ -164,6 +164,15 @@ class Limiter:
 
     async def _hold(self, call, meter: Meter, key: str, values: tuple, holds: list) -> bool:
         amount, least = self.estimate(call, meter.spec)
+        local = self._local
+        if local is not None:   # memory://: the same steps, in place
+            if least < amount:
+                amount = min(amount, max(least, meter.amount - local.count(key)))
+            if local.add(key, meter.expiry, amount) <= meter.amount:
+                holds.append(Hold(meter.spec, meter.window, meter.ident(values), amount, local.ends(key), key))
+                return True
+            local.add(key, meter.expiry, -amount)
+            return False
         if least < amount:
             # The completion is a guess: hold no more than the room left, as long as the prompt fits.
             room = meter.amount - await self.storage.get(key)
@@ -230,9 +239,15 @@ class Limiter:
             if call.hedged and not spent_nothing:   # the prompts of the hedge attempts cancelled
                 actual = min(actual + hedged_spent(call, hold.spec.kind, _NANO_PER_PRICE), MAX_UNITS)
             if actual > hold.amount:
-                await self.storage.incr(hold.key, hold.window.get_expiry(), amount=actual - hold.amount)
+                if self._local is not None:
+                    self._local.add(hold.key, hold.window.get_expiry(), actual - hold.amount)
+                else:
+                    await self.storage.incr(hold.key, hold.window.get_expiry(), amount=actual - hold.amount)
             elif actual < hold.amount:
-                await self._refund(hold, hold.amount - actual)
+                if self._local is not None:
+                    self._refund_now(hold, hold.amount - actual)
+                else:
+                    await self._refund(hold, hold.amount - actual)
 
     def spent(self, call, hold: Hold) -> int:
         usage = call.usage
@@ -248,6 +263,15 @@ class Limiter:
         if price is None:
             return 0   # a model without a price costs nothing (`edgerules check` warns about it)
         return min(math.ceil((prompt * price.input + completion * price.output) * _NANO_PER_PRICE), MAX_UNITS)
+
+    def _refund_now(self, hold: Hold, amount: int) -> None:
+        """_refund() on memory://, in place."""
+        local, key = self._local, hold.key
+        if abs(local.ends(key) - hold.reset) > _SAME_WINDOW:
+            return
+        counted = local.count(key)
+        if counted > 0:
+            local.add(key, hold.window.get_expiry(), -min(amount, counted))
 
     async def _refund(self, hold: Hold, amount: int) -> None:
         key = hold.key

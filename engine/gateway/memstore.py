@@ -72,7 +72,8 @@ class DequeMemoryStorage(MemoryStorage):
         """(time of the oldest entry still in the window, entries in the window)."""
         return self.window(key, expiry)
 
-    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+    def add(self, key: str, expiry: float, amount: int = 1) -> int:
+        """incr(), now: a fixed window's counter plus `amount`, the window starting with its first count."""
         now = time.time()
         storage = self.storage
         if self.expirations.get(key, 0) <= now:
@@ -85,15 +86,26 @@ class DequeMemoryStorage(MemoryStorage):
             self._sweep(now)
         return count
 
-    async def get(self, key: str) -> int:
+    def count(self, key: str) -> int:
+        """get(), now."""
         if self.expirations.get(key, 0) <= time.time():
             self.storage.pop(key, None)
             self.expirations.pop(key, None)
             return 0
         return self.storage.get(key, 0)
 
-    async def get_expiry(self, key: str) -> float:
+    def ends(self, key: str) -> float:
+        """get_expiry(), now."""
         return self.expirations.get(key, time.time())
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        return self.add(key, expiry, amount)
+
+    async def get(self, key: str) -> int:
+        return self.count(key)
+
+    async def get_expiry(self, key: str) -> float:
+        return self.ends(key)
 
     async def decr(self, key: str, amount: int = 1) -> int:
         count = max(await self.get(key) - amount, 0)
