@@ -103,22 +103,48 @@ class Call:
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
         d = self.decision
         out = [
-            (b"x-edgerules-route", _header_safe(self.route).encode("latin-1")),
-            (b"x-edgerules-attempts", str(self.attempts).encode()),
-            (b"x-edgerules-cache", self.cache.encode()),
-            (b"x-edgerules-policy", self.live.policy.version.encode()),
-            (b"x-edgerules-rules", ",".join(d.matched).encode()),
+            (b"x-edgerules-route", _safe_bytes(self.route)),
+            (b"x-edgerules-attempts", _ATTEMPTS[self.attempts] if self.attempts < 8 else b"%d" % self.attempts),
+            (b"x-edgerules-cache", _safe_bytes(self.cache)),
+            (b"x-edgerules-policy", _safe_bytes(self.live.policy.version)),
+            (b"x-edgerules-rules", _rules_bytes(d.matched)),
             (b"x-request-id", self.request_id.encode()),
         ]
         if self.cost is not None:
             out.append((b"x-edgerules-cost", f"{self.cost:.10f}".rstrip("0").rstrip(".").encode()))
         for name, value in self.extra_headers.items():
-            out.append((name.lower().encode("latin-1"), _header_safe(str(value)).encode("latin-1")))
+            out.append((_safe_bytes(name.lower()), _header_safe(str(value)).encode("latin-1")))
         return out
 
     def headers(self) -> dict[str, str]:
         """The same headers as a dict, for error answers."""
         return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.raw_headers()}
+
+
+_ATTEMPTS = [b"%d" % n for n in range(8)]
+_BYTES_KEPT = 4096   # header values kept encoded (routes, versions, rule lists: the policy's own words)
+_safe: dict[str, bytes] = {}
+_rules: dict[tuple, bytes] = {}
+
+
+def _safe_bytes(text: str) -> bytes:
+    """_header_safe(text) encoded, remembered: a route or a policy version recurs on every request."""
+    found = _safe.get(text)
+    if found is None:
+        if len(_safe) >= _BYTES_KEPT:
+            _safe.clear()   # routes of pass-through models come from clients: bounded
+        found = _safe[text] = _header_safe(text).encode("latin-1")
+    return found
+
+
+def _rules_bytes(matched) -> bytes:
+    key = tuple(matched)
+    found = _rules.get(key)
+    if found is None:
+        if len(_rules) >= _BYTES_KEPT:
+            _rules.clear()
+        found = _rules[key] = ",".join(key).encode()
+    return found
 
 
 def _header_safe(text: str) -> str:
