@@ -101,6 +101,7 @@ class Exchange:
     def __init__(self, reader, writer, key: str):
         self.reader, self.writer, self.key = reader, writer, key
         self.asked = ""   # the text of the request's last message (or its `input`)
+        self.cookie = ""  # the request's Cookie header
 
     async def head(self, status: int = 200, ctype: str = "text/event-stream", length: int | None = None,
                    extra: str = "") -> None:
@@ -203,6 +204,9 @@ async def behave(x: Exchange, model: str, path: str) -> None:
             await x.part(b"".join(events[at:at + 1000]))
         await x.part(chunk(finish="stop") + b"data: [DONE]\n\n")
         await x.end()
+    elif model == "sets-cookie":             # sets a cookie, and says which cookie the request carried
+        await x.whole(200, completion(f"cookie={x.cookie or 'none'}"),
+                      extra="set-cookie: tenant=alice-session-secret; Path=/\r\n")
     elif model == "garbage":
         await x.whole(200, os.urandom(4096), "application/json")
     elif model == "rate-limited":
@@ -241,6 +245,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         STATS["requests"] += 1
         request = json.loads(body or b"{}")
         x.asked = asked_text(request)
+        x.cookie = headers.get("cookie", "")
         await behave(x, str(request.get("model", "")), path)
     except (ConnectionError, asyncio.IncompleteReadError):
         pass

@@ -49,6 +49,22 @@ def access_entries(gw) -> list[dict]:
     return [orjson.loads(line.split(tag, 1)[1]) for line in gw.output().splitlines() if tag in line]
 
 
+def test_a_cookie_an_upstream_sets_never_rides_on_another_request(hostile, tmp_path):
+    """The provider's client keeps no cookie jar: a cookie set in one client's answer must not
+    be sent upstream with the next request, whoever makes it. (A jar keeps no cookie of an IP
+    address: the provider is named by a host name here, as real ones are.)"""
+    url = hostile.url.replace("127.0.0.1", "localhost")
+    gw = start_gateway(f'provider up {{ url "{url}" }}\nrule pass {{ route up }}\n', tmp_path, "--no-watch",
+                       "--log-store", "none")
+    try:
+        for _ in range(3):
+            answer = gw.http.post("/v1/chat/completions", json={"model": "sets-cookie", "messages": ASK})
+            assert answer.status_code == 200
+            assert answer.json()["choices"][0]["message"]["content"] == "cookie=none"
+    finally:
+        gw.stop()
+
+
 # ---- 5. truncated streams ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("model", ["truncated", "no-done", "done-no-finish",

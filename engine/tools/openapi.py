@@ -30,7 +30,9 @@ class ApiUpstream:
         self._headers = headers
 
     def start(self) -> None:
-        self._session = aiohttp.ClientSession(headers=self._headers, auto_decompress=True)
+        # No cookie jar: a cookie the API set in one agent's answer must not ride on another's call.
+        self._session = aiohttp.ClientSession(headers=self._headers, auto_decompress=True,
+                                              cookie_jar=aiohttp.DummyCookieJar())
 
     def refresh(self) -> None:
         pass

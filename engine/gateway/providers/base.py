@@ -241,8 +241,11 @@ class HttpProvider(Provider):
         # A session is bound to its loop; a provider reused from another loop (tests) gets a fresh one.
         if self._session is None or self._loop is not loop or self._session.closed:
             connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=30, ttl_dns_cache=300)
+            # No cookie jar: a cookie one client's answer set must never ride along on another
+            # client's request (and filtering the jar cost every request a few µs).
             self._session = aiohttp.ClientSession(connector=connector, trust_env=False,
-                                                  timeout=aiohttp.ClientTimeout(total=None))
+                                                  timeout=aiohttp.ClientTimeout(total=None),
+                                                  cookie_jar=aiohttp.DummyCookieJar())
             self._loop = loop
         return self._session
 
