@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -126,6 +128,18 @@ def test_write_readme_replaces_only_its_block(tmp_path):
     readme.write_text("no block\n")
     with pytest.raises(ValueError):
         peers.write_readme(str(readme), "| new |", "cmd")
+
+
+def test_bench_peers_refuses_a_readme_without_its_block_before_installing_anything(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("no block here\n")
+    edgerules = shutil.which("edgerules") or os.path.join(os.path.dirname(sys.executable), "edgerules")
+    proc = subprocess.run([edgerules, "bench", "--peers", "litellm", "--write-readme", str(readme)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "EDGERULES_PEERS_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2
+    assert f"--write-readme: {readme} has no {peers.README_BEGIN}" in proc.stderr
+    assert not (tmp_path / "cache").exists()
 
 
 def test_peer_names():

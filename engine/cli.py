@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whole requests through LiteLLM's proxy and Portkey's gateway (all, or some of "
                         "litellm,portkey; installed once under ~/.cache/edgerules-peers) beside edgerules, "
                         "direct and the pass-through; --connections defaults to 1,32 here")
+    p.add_argument("--write-readme", metavar="FILE",
+                   help="with --scenarios or --peers: also rewrite that table's block in FILE (README.md), "
+                        "with the command that made it")
     p.set_defaults(run=cmd_bench)
 
     from .drills.upstream import cli as upstream_cli

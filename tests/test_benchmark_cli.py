@@ -205,11 +205,19 @@ def test_bench_refuses_request_and_requests_together(tmp_path):
 
 # ---- whole-request scenarios (--gateway --scenarios) ------------------------------------------
 
-def test_bench_scenarios_measure_a_cache_hit_against_direct_and_the_passthrough():
+def test_bench_scenarios_measure_a_cache_hit_against_direct_and_the_passthrough(tmp_path):
+    from edgerules.drills.gatewaybench import README_BEGIN, README_END
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold figures\n{README_END}\nafter\n")
     proc = subprocess.run([EDGERULES, "bench", "rules/", "--gateway", "--scenarios", "cache",
-                           "--connections", "1", "--seconds", "1", "--json"],
+                           "--connections", "1", "--seconds", "1", "--json", "--write-readme", str(readme)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    text = readme.read_text()
+    assert text.startswith(f"intro\n{README_BEGIN}\n`edgerules bench rules/ --gateway --scenarios cache "
+                           f"--connections 1 --seconds 1 --write-readme {readme}`:\n\n| scenario |")
+    assert "\n| cache | 1 | " in text and "old figures" not in text and text.endswith(f"{README_END}\nafter\n")
     (row,) = json.loads(proc.stdout)["rows"]
     assert row["scenario"] == "cache" and row["connections"] == 1 and row["errors"] == 0
     assert set(row["figures"]) == {"direct", "passthrough", "edgerules"}
@@ -222,6 +230,10 @@ def test_bench_scenarios_measure_a_cache_hit_against_direct_and_the_passthrough(
     (["--gateway", "--scenarios", "routing,nope"], "unknown scenario 'nope'"),
     (["--scenarios", "all"], "--scenarios goes with --gateway"),
     (["--gateway", "--scenarios", "all", "--connections", "0"], "--connections takes counts"),
+    (["--write-readme", "README.md"], "--write-readme goes with --gateway --scenarios"),
+    (["--gateway", "--scenarios", "all", "--write-readme", "pyproject.toml"],
+     "--write-readme: pyproject.toml has no <!-- scenarios:begin"),
+    (["--gateway", "--scenarios", "all", "--write-readme", "missing.md"], "--write-readme: cannot read missing.md"),
 ])
 def test_bench_scenarios_reject_bad_arguments(args, message):
     proc = bench("rules/", *args, "--seconds", "0.05")

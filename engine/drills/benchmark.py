@@ -105,6 +105,9 @@ def run_bench(args) -> int:
         return 2
     if getattr(args, "scenarios", None):
         return run_scenario_bench(args)
+    if getattr(args, "write_readme", None):
+        print("edgerules bench: --write-readme goes with --gateway --scenarios (or --peers)", file=sys.stderr)
+        return 2
     try:
         policy = load_policy(args.path)
     except PolicyError as exc:
@@ -202,13 +205,29 @@ def run_scenario_bench(args) -> int:
         print(f"edgerules bench: --connections takes counts like 1,16,64, not {args.connections!r}",
               file=sys.stderr)
         return 2
+    if getattr(args, "write_readme", None):
+        why = gatewaybench.block_error(args.write_readme, gatewaybench.README_BEGIN, gatewaybench.README_END)
+        if why is not None:
+            print(f"edgerules bench: --write-readme: {why}", file=sys.stderr)
+            return 2
     try:
         result = gatewaybench.run_scenarios(names, seconds=args.seconds, connections=conns,
                                             rounds=max(1, getattr(args, "rounds", 1)))
     except RuntimeError as exc:
         print(f"edgerules bench: the gateway benchmark could not start: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2) if args.json else gatewaybench.render_scenarios(result))
+    table = gatewaybench.render_scenarios(result)
+    print(json.dumps(result, indent=2) if args.json else table)
+    if getattr(args, "write_readme", None):
+        rounds = max(1, getattr(args, "rounds", 1))
+        command = (f"edgerules bench {args.path or 'rules/'} --gateway --scenarios {args.scenarios} "
+                   f"--connections {args.connections} --seconds {args.seconds:g}"
+                   + (f" --rounds {rounds}" if rounds > 1 else "") + f" --write-readme {args.write_readme}")
+        try:
+            gatewaybench.write_readme(args.write_readme, table, command)
+        except (ValueError, OSError) as exc:
+            print(f"edgerules bench: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

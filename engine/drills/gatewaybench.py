@@ -23,6 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 BENCH_PROVIDER = "bench_upstream"
+# README's scenario tables sit between these lines; `edgerules bench ... --scenarios ...
+# --write-readme README.md` rewrites them with the command that made them.
+README_BEGIN = "<!-- scenarios:begin (edgerules bench rules/ --gateway --scenarios all --write-readme README.md) -->"
+README_END = "<!-- scenarios:end -->"
 _WRK_LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [[{body}]]
@@ -480,3 +484,29 @@ if __name__ == "__main__":
     else:
         res = run(a.rules, a.seconds)
         print(json.dumps(res, indent=2) if a.json else render(res))
+
+
+def block_error(path: str, begin: str, end: str) -> str | None:
+    """Why replace_block() could not write to `path` (checked before a long measurement), or None."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    start, stop = text.find(begin), text.find(end)
+    return None if 0 <= start < stop else f"{path} has no {begin} ... {end} block"
+
+
+def replace_block(path: str, begin: str, end: str, command: str, table: str) -> None:
+    """Replace the lines between `begin` and `end` in the file at `path` with the command and the
+    table; ValueError when the file has no such block (nothing is written then)."""
+    text = Path(path).read_text(encoding="utf-8")
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"{path} has no {begin} ... {end} block")
+    block = f"{begin}\n`{command}`:\n\n{table}\n"
+    Path(path).write_text(text[:start] + block + text[stop:], encoding="utf-8")
+
+
+def write_readme(path: str, table: str, command: str) -> None:
+    """README's scenario tables (between README_BEGIN and README_END), with their command."""
+    replace_block(path, README_BEGIN, README_END, command, table)

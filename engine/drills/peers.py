@@ -309,12 +309,7 @@ def _num(value, fmt: str) -> str:
 
 def write_readme(path: str, table: str, command: str) -> None:
     """Replace the block between README_BEGIN and README_END with the command and the table."""
-    text = Path(path).read_text(encoding="utf-8")
-    start, end = text.find(README_BEGIN), text.find(README_END)
-    if start < 0 or end < start:
-        raise ValueError(f"{path} has no {README_BEGIN} ... {README_END} block")
-    block = f"{README_BEGIN}\n`{command}`:\n\n{table}\n"
-    Path(path).write_text(text[:start] + block + text[end:], encoding="utf-8")
+    gb.replace_block(path, README_BEGIN, README_END, command, table)
 
 
 def peer_names(text: str) -> tuple[str, ...]:
@@ -337,8 +332,22 @@ def run_from_bench(args) -> int:
     except ValueError as exc:
         print(f"edgerules bench: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "write_readme", None):
+        why = gb.block_error(args.write_readme, README_BEGIN, README_END)
+        if why is not None:
+            print(f"edgerules bench: --write-readme: {why}", file=sys.stderr)
+            return 2
     result = run(names, max(args.seconds, 1.0), conns)
-    print(json.dumps(result, indent=2) if args.json else render(result))
+    table = render(result)
+    print(json.dumps(result, indent=2) if args.json else table)
+    if getattr(args, "write_readme", None):
+        command = (f"edgerules bench --peers {args.peers} --seconds {max(args.seconds, 1.0):g} "
+                   f"--connections {','.join(map(str, conns))} --write-readme {args.write_readme}")
+        try:
+            write_readme(args.write_readme, table, command)
+        except (ValueError, OSError) as exc:
+            print(f"edgerules bench: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
