@@ -80,6 +80,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc) -> None:
         self._disarm()
         super().connection_lost(exc)
+        writer = self._writer
+        if writer is not None and writer.on_lost is not None:
+            on_lost, writer.on_lost = writer.on_lost, None
+            on_lost()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -237,12 +241,13 @@ class _HeadWithBody:
     send a whole answer calls hold(): the head then waits for the body and both leave in one send.
     Offered to the app in the scope (HEAD_WITH_BODY); everything else passes straight through."""
 
-    __slots__ = ("transport", "_held", "_holding")
+    __slots__ = ("transport", "_held", "_holding", "on_lost")
 
     def __init__(self, transport):
         self.transport = transport
         self._held = None
         self._holding = False
+        self.on_lost = None   # called once when the connection is lost (a request waiting for its upstream)
 
     def hold(self) -> None:
         """The next write (the head) waits for the one after it (the body)."""

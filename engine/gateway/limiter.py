@@ -74,13 +74,15 @@ class Meter:
     expiry: int
     shape: str        # the kind and window, part of the key (see _by)
     head: str         # the storage key without the `by` part
+    limit_text: bytes = b""   # x-ratelimit-limit-<kind>'s value
 
     @classmethod
     def of(cls, spec: LimitSpec) -> "Meter":
         window = Window(_units(spec), spec.window, namespace="edgerules")
         shape = f"{spec.kind}-{spec.window}s"
+        limit_text = (f"{spec.amount:g}" if spec.kind == "cost" else str(int(spec.amount))).encode()
         return cls(spec, window, spec.kind == "requests", window.amount, window.get_expiry(), shape,
-                   window.key_for(spec.id, shape, ""))
+                   window.key_for(spec.id, shape, ""), limit_text)
 
     def ident(self, values: tuple) -> tuple[str, ...]:
         return (self.spec.id, self.shape, _by(values))
@@ -153,7 +155,10 @@ class Limiter:
                     raise await self._refusal(call, meter, key, met)
                 if not rerouted:   # the first full limit with `else route` picks the target
                     call.target, rerouted = spec.else_route, True
-            call.extra_headers.update(await self._headers(met))
+            if local is not None:
+                call.raw_extra = self._headers_now(met)
+            else:
+                call.extra_headers.update(await self._headers(met))
         except BaseException as exc:
             await self._release(holds)
             if not is_failure(exc, self._failures):
@@ -324,6 +329,31 @@ class Limiter:
             out[f"x-ratelimit-reset-{kind}"] = format_reset(max(0.0, reset - now))
         return out
 
+    def _headers_now(self, met: list) -> list[tuple[bytes, bytes]]:
+        """_headers() on memory://, read in place and made as the raw pairs the answer carries."""
+        local = self._local
+        tightest: dict[str, tuple] = {}
+        for meter, key in met:
+            if meter.moving:
+                start, count = local.window(key, meter.expiry)
+                reset, remaining = start + meter.expiry, meter.amount - count
+            else:
+                reset, remaining = local.ends(key), max(0, meter.amount - local.count(key))
+            kind = meter.spec.kind
+            rank = (remaining, meter.spec.amount)
+            best = tightest.get(kind)
+            if best is None or rank < best[0]:
+                tightest[kind] = (rank, meter, remaining, reset)
+        now = time.time()
+        out = []
+        for kind, (_, meter, remaining, reset) in tightest.items():
+            limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
+            left = (usd(max(0, remaining) / NANO_USD).encode() if kind == "cost"
+                    else b"%d" % max(0, int(remaining)))
+            out += ((limit_name, meter.limit_text), (remaining_name, left),
+                    (reset_name, format_reset(max(0.0, reset - now)).encode()))
+        return out
+
     async def counters(self) -> list[dict]:
         """Every counter this process used whose window is still open, with the room left in it."""
         now = time.time()
@@ -358,6 +388,10 @@ class Limiter:
                 self._meters.clear()
             meter = self._meters[id(spec)] = Meter.of(spec)
         return meter
+
+
+_HEADER_NAMES = {kind: (f"x-ratelimit-limit-{kind}".encode(), f"x-ratelimit-remaining-{kind}".encode(),
+                        f"x-ratelimit-reset-{kind}".encode()) for kind in ("requests", "tokens", "cost")}
 
 
 def _units(spec: LimitSpec) -> int:

@@ -72,6 +72,7 @@ class Call:
     admission: object = None       # the limiter's reservations, settled after the answer
     error: str = ""
     extra_headers: dict = field(default_factory=dict)
+    raw_extra: list | None = None  # more response headers, already as raw pairs (x-ratelimit-* on memory://)
     ingress: object = None         # an ingress.Exchange for /v1/responses, /v1/messages, /v1/completions
     # Sees each stream event on its way to the client and returns what to send (b"" drops it):
     # how usage is read from streams and how a streamed answer is assembled for the cache.
@@ -79,6 +80,7 @@ class Call:
     # The ASGI receive channel, once the request body is read: a client leaving before the
     # answer then cancels the upstream call.
     receive: object = None
+    conn: object = None            # the connection's writer (gateway/http.py) when served by edgerules' protocol
     ttft: float | None = None      # seconds from the start to a stream's first upstream event
     spans: list | None = None      # with --otel-endpoint: (provider, model, start, end, error) per attempt
     request_id: str = ""           # x-request-id: the client's when sane, else made here
@@ -114,6 +116,8 @@ class Call:
             out.append((b"x-edgerules-cost", f"{self.cost:.10f}".rstrip("0").rstrip(".").encode()))
         for name, value in self.extra_headers.items():
             out.append((_safe_bytes(name.lower()), _header_safe(str(value)).encode("latin-1")))
+        if self.raw_extra:
+            out += self.raw_extra
         return out
 
     def headers(self) -> dict[str, str]:
@@ -161,7 +165,7 @@ async def forward(gw: "Gateway", call: Call) -> Response:
     a client that leaves before the answer cancels the attempt under way."""
     if call.receive is None:
         return await _forward(gw, call)
-    watch = DisconnectWatch(call.receive)
+    watch = DisconnectWatch(call.receive, call.conn)
     try:
         return await _forward(gw, call)
     except asyncio.CancelledError:
@@ -177,19 +181,30 @@ async def forward(gw: "Gateway", call: Call) -> Response:
 class DisconnectWatch:
     """Cancels the current task when the ASGI channel says the client is gone.
 
-    Armed by a timer, so a request answered within DISCONNECT_WATCH_AFTER costs one timer
-    handle and no task.
+    Served by edgerules' own protocol, the connection calls it back when it is lost: no timer, no
+    task. Otherwise armed by a timer, so a request answered within DISCONNECT_WATCH_AFTER costs
+    one timer handle and no task.
     """
 
-    __slots__ = ("receive", "task", "timer", "watcher", "gone", "active")
+    __slots__ = ("receive", "task", "timer", "watcher", "gone", "active", "conn")
 
-    def __init__(self, receive):
+    def __init__(self, receive, conn=None):
         self.receive = receive
         self.task = asyncio.current_task()
         self.watcher = None
         self.gone = False
         self.active = True
-        self.timer = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_AFTER, self._start)
+        self.conn = conn
+        if conn is not None:
+            self.timer = None
+            conn.on_lost = self._lost
+        else:
+            self.timer = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_AFTER, self._start)
+
+    def _lost(self) -> None:
+        if self.active:
+            self.gone = True
+            self.task.cancel()
 
     def _start(self) -> None:
         self.timer = None
@@ -206,6 +221,8 @@ class DisconnectWatch:
 
     def stop(self) -> None:
         self.active = False
+        if self.conn is not None:
+            self.conn.on_lost = None
         if self.timer is not None:
             self.timer.cancel()
         if self.watcher is not None:

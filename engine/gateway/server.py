@@ -99,6 +99,7 @@ async def _handle(request: Request, kind: str, ingress: Ingress | None = None) -
         call = Call(kind, body, kind == "chat" and body.get("stream") is True, key, live, decision,
                     decision.route, started, started + decision.deadline)
         call.receive = request.receive   # the body is read: the channel now only tells of a disconnect
+        call.conn = scope.get(HEAD_WITH_BODY)
         call.ingress = exchange
         call.request_id, call.path = rid, scope["path"]
         if live.canary:
