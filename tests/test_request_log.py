@@ -3,6 +3,8 @@ for every outcome, request ids, redaction under `log full`, `log none`, retentio
 the flush at shutdown, and `edgerules logs` through the console script."""
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import subprocess
 import tempfile
@@ -276,22 +278,67 @@ def test_shutdown_writes_every_queued_row(upstream, store, tmp_path):
     assert sorted(orjson.loads(line)["id"] for line in out.stdout.splitlines()) == sorted(ids)
 
 
-def test_a_burst_larger_than_one_insert_is_stored_row_for_row(upstream, tmp_path):
-    """Rows are written many to an INSERT (ROWS_PER_INSERT, 100): a burst of 230 concurrent
-    requests spans full and partial statements; every row lands whole, its columns in place."""
+def burst(gw, count: int, start: int = 0) -> dict[str, str]:
+    """`count` requests over 8 connections, alternating keys: {request id: key name}."""
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: chat(gw, key=(ALICE, BOB)[i % 2], content=f"n{i}"),
+                                range(start, start + count)))
+    assert [a.status_code for a in answers] == [200] * count
+    return {a.headers["x-request-id"]: ("alice", "bob")[(start + i) % 2] for i, a in enumerate(answers)}
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_burst_larger_than_one_insert_is_stored_row_for_row(upstream, tmp_path, writer):
+    """Rows are written many to an INSERT (ROWS_PER_INSERT, 100), in the log's thread or in the
+    writer process: a burst of 230 concurrent requests spans full and partial statements; every
+    row lands whole, its columns in place."""
     store = f"sqlite://{tmp_path}/requests.db"
-    gw = start_gateway(policy(upstream), tmp_path / "gw", "--no-watch", "--log-store", store)
+    gw = start_gateway(policy(upstream), tmp_path / "gw", "--no-watch", "--log-store", store, "--log-writer", writer)
     try:
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda i: chat(gw, key=(ALICE, BOB)[i % 2], content=f"n{i}"), range(230)))
-        assert [a.status_code for a in answers] == [200] * 230
-        keys = {a.headers["x-request-id"]: ("alice", "bob")[i % 2] for i, a in enumerate(answers)}
+        keys = burst(gw, 230)
         rows = logged(gw, 230)
         assert {r["id"]: r["key"] for r in rows} == keys
         assert {(r["model"], r["route"], r["provider"], r["status"], r["cache"]) for r in rows} == {
             ("up/m", "up/m", "up", 200, "BYPASS")}
+        pid = gw.admin_policy()["request_log"]["writer_pid"]
+        assert (pid is None) == (writer == "thread")
     finally:
         gw.stop()
+
+
+def test_the_writer_process_starts_under_load_and_a_dead_one_loses_no_row(upstream, tmp_path):
+    """--log-writer auto: quiet traffic is written in the thread; a batch of 64 rows or more starts
+    the writer process. Killed, it is replaced by the thread without losing a row, and stopping the
+    gateway writes what is queued."""
+    store = f"sqlite://{tmp_path}/requests.db"
+    gw = start_gateway(policy(upstream), tmp_path / "gw", "--no-watch", "--log-store", store)
+    try:
+        keys = {chat(gw, content="quiet").headers["x-request-id"]: "alice"}
+        logged(gw, 1)
+        assert gw.admin_policy()["request_log"]["writer_pid"] is None
+        pid = None
+        for round_ in range(20):   # bursts until one gather holds 64 rows (bounded)
+            keys |= burst(gw, 150, start=1000 * (round_ + 1))
+            pid = wait_until(lambda: (s := gw.admin_policy()["request_log"])["queued"] == 0 and [s["writer_pid"]],
+                             30, what="the queue drained")[0]
+            if pid is not None:
+                break
+        assert pid is not None, "no batch of 64 rows started the writer process"
+        os.kill(pid, signal.SIGKILL)   # the writer process this test's gateway started
+        keys |= burst(gw, 120, start=99_000)
+        state = wait_until(lambda: (s := gw.admin_policy()["request_log"])["queued"] == 0 and s, 30,
+                           what="the queue drained after the kill")
+        assert state["writer_pid"] is None and state["dropped"] == 0 and state["failed_writes"] == 0
+        assert "the writer process of" in gw.output()
+        keys |= burst(gw, 40, start=200_000)
+    finally:
+        gw.stop()
+    out = subprocess.run([EDGERULES, "logs", "--json", "--limit", "10000", "--store", store],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == len(keys)   # each row once: the kill came between two batches
+    assert {(row := orjson.loads(line))["id"]: row["key"] for line in lines} == keys
 
 
 def test_logs_follow_prints_new_requests(upstream, tmp_path):

@@ -49,7 +49,7 @@ OTHER = {"rules": ("a/", "b/"), "host": ("127.0.0.2", "127.0.0.3"), "port": ("90
          "max_upstream_body": ("1MiB", "2MiB"), "max_upstream_event": ("4KiB", "8KiB"),
          "max_parsed_answer": ("1MiB", "2MiB"),
          "log_store": ("none", "sqlite:///tmp/x.db"), "log_retention": ("2d", "12h"),
-         "log_max_rows": ("5", "6"), "log_queue": ("7", "8"),
+         "log_max_rows": ("5", "6"), "log_queue": ("7", "8"), "log_writer": ("process", "thread"),
          "otel_endpoint": ("http://127.0.0.1:4318", "http://127.0.0.1:4319"),
          "canary": ("c/", "d/"), "canary_percent": ("10", "20"), "canary_max_error_rate": ("0.1", "0.2"),
          "canary_min_requests": ("10", "20")}

@@ -420,7 +420,8 @@ def create_app(rules: str | None = None, *, state_uri: str | None = None, max_bo
             gw.tracer = Tracer(env["otel_endpoint"])
         gw.request_log = await open_request_log(resolve_uri(env["log_store"], rules), queue=env["log_queue"],
                                                 retention=env["log_retention"], max_rows=env["log_max_rows"],
-                                                required=env["log_store"].lower() != "auto")
+                                                required=env["log_store"].lower() != "auto",
+                                                writer=env["log_writer"])
         if env["canary"]:
             canary = gw.start_canary(load_policy(env["canary"]), env["canary_percent"],
                                      env["canary_max_error_rate"], env["canary_min_requests"])

@@ -88,6 +88,15 @@ def _error_rate(text: str) -> float | None:
         raise ValueError(f"not a fraction from 0 to 1 (0.05 is five points): {text!r}") from None
 
 
+LOG_WRITERS = ("auto", "process", "thread")
+
+
+def _log_writer(text: str) -> str:
+    if text.lower() not in LOG_WRITERS:
+        raise ValueError(f"not a log writer: {text!r} (one of {', '.join(LOG_WRITERS)})")
+    return text.lower()
+
+
 def _log_store(text: str) -> str:
     from ..observe.store import check_uri
     return check_uri(text)
@@ -180,6 +189,10 @@ SETTINGS = (
             "canary requests before --canary-max-error-rate is judged", "N"),
     Setting("log_queue", "--log-queue", "EDGERULES_LOG_QUEUE", "10000", _positive,
             "request log rows waiting to be written; past it rows are dropped and counted", "N"),
+    Setting("log_writer", "--log-writer", "EDGERULES_LOG_WRITER", "auto", _log_writer,
+            "where an SQLite request log is written: auto (in a process of its own once a batch has "
+            "64 rows, a few hundred requests a second), process (always), thread (in the serving process)",
+            "MODE"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

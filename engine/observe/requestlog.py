@@ -202,9 +202,11 @@ class RequestLog:
             self._full.set()
 
     def status(self) -> dict:
+        pid = getattr(self.store, "writer_pid", None)
         return {"store": getattr(self.store, "name", ""), "queued": len(self.rows), "queue_limit": self.limit,
                 "written": self.written, "dropped": self.dropped, "failed_writes": self.failed_writes,
-                "retention_seconds": self.retention, "max_rows": self.max_rows or None}
+                "retention_seconds": self.retention, "max_rows": self.max_rows or None,
+                "writer_pid": pid() if pid is not None else None}
 
     def metrics_text(self) -> str:
         """The log's own series, in the Prometheus text format."""
@@ -289,13 +291,13 @@ class RequestLog:
 
 
 async def open_request_log(uri: str, *, queue: int, retention: float, max_rows: int,
-                           required: bool = True) -> RequestLog | None:
+                           required: bool = True, writer: str = "auto") -> RequestLog | None:
     """The running log, None for `none`; a store that cannot be opened stops the gateway, unless
     it is the default one (`required` false): then the gateway runs without a log and says why."""
     from .store import StoreError, open_store
 
     try:
-        store = await open_store(uri)
+        store = await open_store(uri, writer)
     except StoreError as exc:
         if required:
             raise

@@ -7,11 +7,16 @@ async connection (the optional extra `postgres`).
 from __future__ import annotations
 
 import asyncio
-import functools
-import itertools
+import logging
+import multiprocessing
+import pickle
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from . import logwriter
+
+log = logging.getLogger("edgerules.gateway")
 
 TABLE = "edgerules_requests"
 # Every column a row carries, in the order build_row() makes them (seq is the store's own).
@@ -22,12 +27,16 @@ _TYPES = {"ts": "DOUBLE PRECISION NOT NULL", "status": "INTEGER", "attempts": "I
           "latency_ms": "DOUBLE PRECISION", "ttft_ms": "DOUBLE PRECISION", "input_tokens": "BIGINT",
           "output_tokens": "BIGINT", "cached_tokens": "BIGINT", "cost_usd": "DOUBLE PRECISION"}
 _ROW = f"({', '.join('?' * len(COLUMNS))})"
-_INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES {_ROW}"
+_HEAD = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES "
+_INSERT = _HEAD + _ROW
 # SQLite takes up to this many rows in one INSERT. sqlite3 releases the GIL around every statement
 # it steps, and executemany() steps once per row: 500 rows were 500 GIL hand-offs with the serving
 # thread, each one making it wait (about 15% of the gateway's samples under load). One statement
 # of many rows is one hand-off, and SQLite's own work then runs beside the serving thread.
 ROWS_PER_INSERT = 100
+# A batch of this many rows (a few hundred requests a second) moves SQLite's writes to a process of
+# their own (logwriter.py), for as long as the store is open; smaller loads write in its thread.
+PROCESS_ROWS = 64
 _INDEXES = (f"CREATE INDEX IF NOT EXISTS {TABLE}_ts ON {TABLE} (ts)",
             f"CREATE INDEX IF NOT EXISTS {TABLE}_id ON {TABLE} (id)",
             f"CREATE INDEX IF NOT EXISTS {TABLE}_key ON {TABLE} (key, ts)")
@@ -86,13 +95,14 @@ def probe_store(setting: str, policy_path: str) -> str | None:
     return None
 
 
-async def open_store(uri: str):
-    """The store behind a URI, its table created; None for `none`."""
+async def open_store(uri: str, writer: str = "thread"):
+    """The store behind a URI, its table created; None for `none`. `writer`: where SQLite's writes
+    run (auto, process, thread; see SqliteStore)."""
     scheme = uri.partition("://")[0].lower()
     if uri.lower() == "none":
         return None
     if scheme == "sqlite":
-        store = SqliteStore(uri.partition("://")[2])
+        store = SqliteStore(uri.partition("://")[2], writer)
     elif scheme in ("postgresql", "postgres"):
         store = PostgresStore(uri)
     else:
@@ -106,13 +116,17 @@ class SqliteStore:
 
     dialect = "sqlite"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, writer: str = "thread"):
         if not path:
             raise StoreError("an sqlite:// log store needs a path, e.g. sqlite:///var/lib/edgerules/requests.db")
         self.path = path
         self.name = f"sqlite://{path}"
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgerules-log")
         self._db: sqlite3.Connection | None = None
+        self._statements: dict[int, str] = {}
+        self._writer = None         # (process, pipe) of the writer process once started
+        self._mode = writer          # auto: a process from PROCESS_ROWS rows a batch; process; thread
+        self._writer_failed = False  # it could not start, or died: rows are written in the thread
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -140,17 +154,57 @@ class SqliteStore:
         await self._run(self._write, rows)
 
     def _write(self, rows: list[tuple]) -> None:
-        db = self._db
-        per = self._per_insert
-        db.execute("BEGIN IMMEDIATE")
+        if (self._writer is None and not self._writer_failed and self._mode != "thread"
+                and (self._mode == "process" or len(rows) >= PROCESS_ROWS)):
+            self._start_writer()
+        if self._writer is not None:
+            try:
+                self._writer[1].send_bytes(pickle.dumps(rows, protocol=5))
+                answer = self._writer[1].recv_bytes()
+            except (OSError, EOFError) as exc:
+                log.warning("request log: the writer process of %s ended (%s); writing in the serving process",
+                            self.name, type(exc).__name__)
+                self._stop_writer()
+                self._writer_failed = True
+            else:
+                if answer:
+                    raise sqlite3.OperationalError(answer.decode("utf-8", "replace"))
+                return
+        logwriter._insert(self._db, rows, _HEAD, _ROW, self._per_insert, self._statements)
+
+    def _start_writer(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
         try:
-            for start in range(0, len(rows), per):
-                chunk = rows[start:start + per]
-                db.execute(_insert_rows(len(chunk)), list(itertools.chain.from_iterable(chunk)))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            mine, theirs = ctx.Pipe()
+            process = ctx.Process(target=logwriter.main, name="edgerules-log-writer", daemon=True,
+                                  args=(self.path, theirs, _HEAD, _ROW, self._per_insert))
+            process.start()
+            theirs.close()
+        except Exception as exc:   # no process can be started here (limits, a daemonic parent)
+            log.warning("request log: no writer process for %s (%s); writing in the serving process", self.name, exc)
+            self._writer_failed = True
+            return
+        self._writer = (process, mine)
+
+    def _stop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        process, pipe = writer
+        try:
+            pipe.send_bytes(b"")   # the last batch was answered: nothing is left in it
+        except OSError:
+            pass
+        pipe.close()
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join(1)
+
+    def writer_pid(self) -> int | None:
+        """The writer process's id while it runs (None: rows are written in this process)."""
+        writer = self._writer
+        return writer[0].pid if writer is not None else None
 
     async def execute(self, sql: str, params=()) -> int:
         return await self._run(lambda: self._db.execute(sql, params).rowcount)
@@ -159,6 +213,7 @@ class SqliteStore:
         return await self._run(lambda: [dict(r) for r in self._db.execute(sql, params).fetchall()])
 
     async def close(self) -> None:
+        await self._run(self._stop_writer)
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
@@ -233,11 +288,6 @@ class PostgresStore:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
-
-
-@functools.lru_cache(maxsize=8)
-def _insert_rows(count: int) -> str:
-    return f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES {', '.join([_ROW] * count)}"
 
 
 def _pg(sql: str) -> str:
