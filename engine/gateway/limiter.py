@@ -119,6 +119,12 @@ class Limiter:
         # storage key -> (meter, ident, `by` values, last use).
         self.seen: dict[str, tuple] = {}
 
+    @property
+    def settles_in_place(self) -> bool:
+        """Whether settling a request's holds waits for nothing (memory://): then it may run after
+        the answer is sent without another request seeing the counters before it."""
+        return self._local is not None
+
     async def close(self) -> None:
         self._meters.clear()   # the shared Redis connection is closed by its owner, the Gateway
 

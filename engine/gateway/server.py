@@ -43,6 +43,9 @@ log = logging.getLogger("edgerules.gateway")
 ENV_RULES, ENV_STATE, ENV_MAX_BODY, ENV_WATCH, ENV_LOG_LEVEL = (
     BY_NAME[name].env for name in ("rules", "state", "max_body", "watch", "log_level"))
 GC_GEN0 = 50_000
+# The ASGI scope key through which a model endpoint's handler leaves its request to be finished
+# by the hot path once the answer is sent (False: the hot path is serving, nothing left yet).
+FINISH_AFTER_SEND = "edgerules.finish_after_send"
 ADMIN_TOKEN = "EDGERULES_ADMIN_TOKEN"
 # Proxies whose X-Forwarded-For is believed (uvicorn's forwarded_allow_ips); unset: none.
 FORWARDED_ALLOW_IPS = "EDGERULES_FORWARDED_ALLOW_IPS"
@@ -131,8 +134,15 @@ async def _handle(request: Request, kind: str, ingress: Ingress | None = None) -
             call.captured = response.body
     # Appended as raw bytes: MutableHeaders.update would rescan the list for every name.
     response.raw_headers.extend(call.raw_headers())
-    if not getattr(response, "body_iterator", None):
-        await gw.finish(call)   # a stream finishes when its last event is sent
+    if not getattr(response, "body_iterator", None):   # a stream finishes when its last event is sent
+        if scope.get(FINISH_AFTER_SEND) is False and (call.admission is None or gw.limiter.settles_in_place):
+            # The hot path finishes it once the answer is sent: metrics, the log row and the
+            # limits' settling (in place on memory://) are off the answer's way. Sending waits
+            # only when the client's socket is full, so a client that reads its answer and asks
+            # again finds all of it done.
+            scope[FINISH_AFTER_SEND] = call
+        else:
+            await gw.finish(call)
     return response
 
 
@@ -320,20 +330,24 @@ class GatewayApp(Starlette):
             handler = self.hot.get(scope["path"])
             if handler is not None:
                 scope["app"] = self
+                scope[FINISH_AFTER_SEND] = False
                 request = Request(scope, receive, send)
                 try:
                     response = await handler(request)
                 except Exception as exc:   # as ServerErrorMiddleware and _server_error would answer
                     response = await _server_error(request, exc)
                 head = scope.get(HEAD_WITH_BODY)
-                if head is None or hasattr(response, "body_iterator"):
-                    await response(scope, receive, send)
-                    return
-                head.hold()   # a whole answer: its head and body leave in one send
+                held = head is not None and not hasattr(response, "body_iterator")
+                if held:
+                    head.hold()   # a whole answer: its head and body leave in one send
                 try:
                     await response(scope, receive, send)
                 finally:
-                    head.flush()
+                    if held:
+                        head.flush()
+                    call = scope[FINISH_AFTER_SEND]
+                    if call:
+                        await self.state.gw.finish(call)
                 return
         await super().__call__(scope, receive, send)
 
