@@ -37,6 +37,7 @@ ROWS_PER_INSERT = 100
 # A batch of this many rows (a few hundred requests a second) moves SQLite's writes to a process of
 # their own (logwriter.py), for as long as the store is open; smaller loads write in its thread.
 PROCESS_ROWS = 64
+WRITER_ANSWER_SECONDS = 120.0   # a writer process silent this long over one batch is given up
 _INDEXES = (f"CREATE INDEX IF NOT EXISTS {TABLE}_ts ON {TABLE} (ts)",
             f"CREATE INDEX IF NOT EXISTS {TABLE}_id ON {TABLE} (id)",
             f"CREATE INDEX IF NOT EXISTS {TABLE}_key ON {TABLE} (key, ts)")
@@ -158,9 +159,12 @@ class SqliteStore:
                 and (self._mode == "process" or len(rows) >= PROCESS_ROWS)):
             self._start_writer()
         if self._writer is not None:
+            pipe = self._writer[1]
             try:
-                self._writer[1].send_bytes(pickle.dumps(rows, protocol=5))
-                answer = self._writer[1].recv_bytes()
+                pipe.send_bytes(pickle.dumps(rows, protocol=5))
+                if not pipe.poll(WRITER_ANSWER_SECONDS):   # SQLite's own lock wait is 30 s
+                    raise TimeoutError("no answer")
+                answer = pipe.recv_bytes()
             except (OSError, EOFError) as exc:
                 log.warning("request log: the writer process of %s ended (%s); writing in the serving process",
                             self.name, type(exc).__name__)
