@@ -161,10 +161,7 @@ class Limiter:
                     raise await self._refusal(call, meter, key, met)
                 if not rerouted:   # the first full limit with `else route` picks the target
                     call.target, rerouted = spec.else_route, True
-            if local is not None:
-                call.raw_extra = self._headers_now(met)
-            else:
-                call.extra_headers.update(await self._headers(met))
+            call.raw_extra = await self._headers(met)
         except BaseException as exc:
             await self._release(holds)
             if not is_failure(exc, self._failures):
@@ -298,55 +295,26 @@ class Limiter:
     async def _refusal(self, call, meter: Meter, key: str, met: list) -> GatewayError:
         spec = meter.spec
         stats = await self._stats(meter, key)
-        headers = await self._headers(met, refused=(meter, stats))
+        headers = {name.decode(): value.decode() for name, value in await self._headers(met, refused=(meter, stats))}
         retry_after = max(1, math.ceil(stats[0] - time.time()))
         headers["retry-after"] = str(retry_after)
         call.extra_headers.update(headers)
         return GatewayError(429, f"rate limit exceeded: rule '{spec.rule}' allows {_describe(spec)}; "
                                  f"retry in {retry_after}s", code="rate_limit_exceeded", headers=headers)
 
-    async def _headers(self, met: list, refused: tuple | None = None) -> dict[str, str]:
-        """x-ratelimit-* of the tightest request limit and of the tightest token limit; a limit
-        that refused the request speaks for its kind. `met`: (meter, key) of each limit met."""
-        tightest: dict[str, tuple] = {}
-        for meter, key in met:
-            spec = meter.spec
-            if refused is not None and meter is refused[0]:
-                (reset, remaining), rank = refused[1], (-1, 0)
-            else:
-                if meter.moving and self._local is not None:
-                    start, count = self._local.window(key, meter.expiry)
-                    reset, remaining = start + meter.expiry, meter.amount - count
-                else:
-                    reset, remaining = await self._stats(meter, key)
-                rank = (remaining, spec.amount)
-            best = tightest.get(spec.kind)
-            if best is None or rank < best[0]:
-                tightest[spec.kind] = (rank, spec.amount, remaining, reset)
-        now = time.time()
-        out = {}
-        for kind, (_, amount, remaining, reset) in tightest.items():
-            if kind == "cost":   # in USD, as the limit is written
-                out["x-ratelimit-limit-cost"] = f"{amount:g}"
-                out["x-ratelimit-remaining-cost"] = usd(max(0, remaining) / NANO_USD)
-            else:
-                out[f"x-ratelimit-limit-{kind}"] = str(int(amount))
-                out[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(remaining)))
-            out[f"x-ratelimit-reset-{kind}"] = format_reset(max(0.0, reset - now))
-        return out
-
-    def _headers_now(self, met: list) -> list[tuple[bytes, bytes]]:
-        """_headers() on memory://, read in place and made as the raw pairs the answer carries."""
+    async def _headers(self, met: list, refused: tuple | None = None) -> list[tuple[bytes, bytes]]:
+        """x-ratelimit-* of the tightest request limit and of the tightest token limit, as the raw
+        pairs the answer carries; a limit that refused the request speaks for its kind. `met`:
+        (meter, key) of each limit met. On memory:// the counters are read in place."""
         local = self._local
         tightest: dict[str, tuple] = {}
         for meter, key in met:
-            if meter.moving:
-                start, count = local.window(key, meter.expiry)
-                reset, remaining = start + meter.expiry, meter.amount - count
+            if refused is not None and meter is refused[0]:
+                (reset, remaining), rank = refused[1], (-1, 0)
             else:
-                reset, remaining = local.ends(key), max(0, meter.amount - local.count(key))
+                reset, remaining = self._stats_now(meter, key) if local is not None else await self._stats(meter, key)
+                rank = (remaining, meter.spec.amount)
             kind = meter.spec.kind
-            rank = (remaining, meter.spec.amount)
             best = tightest.get(kind)
             if best is None or rank < best[0]:
                 tightest[kind] = (rank, meter, remaining, reset)
@@ -354,7 +322,7 @@ class Limiter:
         out = []
         for kind, (_, meter, remaining, reset) in tightest.items():
             limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
-            left = (usd(max(0, remaining) / NANO_USD).encode() if kind == "cost"
+            left = (usd(max(0, remaining) / NANO_USD).encode() if kind == "cost"   # in USD, as written
                     else b"%d" % max(0, int(remaining)))
             out += ((limit_name, meter.limit_text), (remaining_name, left),
                     (reset_name, format_reset(max(0.0, reset - now)).encode()))
@@ -378,6 +346,14 @@ class Limiter:
                         "used": (limit - left) if spec.kind == "cost" else limit - left,
                         "reset_in_seconds": round(max(0.0, reset - now), 3)})
         return out
+
+    def _stats_now(self, meter: Meter, key: str) -> tuple[float, float]:
+        """_stats() on memory://, in place."""
+        local = self._local
+        if meter.moving:
+            start, count = local.window(key, meter.expiry)
+            return start + meter.expiry, meter.amount - count
+        return local.ends(key), max(0, meter.amount - local.count(key))
 
     async def _stats(self, meter: Meter, key: str) -> tuple[float, float]:
         """(reset time, remaining) of one limit's counter: limits' get_window_stats, without its layers."""
