@@ -39,14 +39,8 @@ def install_litellm(cache: Path, spec: str = "litellm[proxy]", say=print) -> Pat
     if exe.exists():
         return exe
     say(f"installing {spec} into {venv} (once) ...")
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", spec],
-                       check=True, capture_output=True, text=True, timeout=1800)
-    except subprocess.CalledProcessError as exc:
-        raise PeerUnavailable(f"pip install {spec} failed: {(exc.stderr or '')[-800:]}") from None
-    except subprocess.TimeoutExpired:
-        raise PeerUnavailable(f"pip install {spec} took over 30 minutes") from None
+    _install(f"pip install {spec}", [[sys.executable, "-m", "venv", str(venv)],
+                                     [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", spec]])
     if not exe.exists():
         raise PeerUnavailable(f"pip install {spec} left no {exe}")
     return exe
@@ -64,16 +58,22 @@ def install_portkey(cache: Path, spec: str = "@portkey-ai/gateway", say=print) -
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "package.json").exists():
         (folder / "package.json").write_text('{"name": "edgerules-peers-portkey", "private": true}\n')
-    try:
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", spec], cwd=folder, check=True,
-                       capture_output=True, text=True, timeout=1800)
-    except subprocess.CalledProcessError as exc:
-        raise PeerUnavailable(f"npm install {spec} failed: {(exc.stderr or '')[-800:]}") from None
-    except subprocess.TimeoutExpired:
-        raise PeerUnavailable(f"npm install {spec} took over 30 minutes") from None
+    _install(f"npm install {spec}", [["npm", "install", "--no-audit", "--no-fund", spec]], cwd=folder)
     if not entry.exists():
         raise PeerUnavailable(f"npm install {spec} left no {entry}")
     return entry
+
+
+def _install(what: str, commands: list[list[str]], cwd: Path | None = None) -> None:
+    """Run an install's commands in order (30 minutes each at most); PeerUnavailable naming `what`
+    and the end of its error output when one fails."""
+    try:
+        for command in commands:
+            subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True, timeout=1800)
+    except subprocess.CalledProcessError as exc:
+        raise PeerUnavailable(f"{what} failed: {(exc.stderr or '')[-800:]}") from None
+    except subprocess.TimeoutExpired:
+        raise PeerUnavailable(f"{what} took over 30 minutes") from None
 
 
 def peer_version(name: str, cache: Path) -> str:
