@@ -30,7 +30,8 @@ class DequeMemoryStorage(MemoryStorage):
         self._next_sweep = time.time() + SWEEP_EVERY
         self._unswept: list[str] = []       # the keys the current pass of the sweep has yet to see
 
-    # take() and window() are the synchronous forms the limiter calls directly: the library wraps
+    # take(), window(), add(), count() and ends() are the synchronous forms the limiter calls
+    # directly (the async methods below wrap them): the library wraps
     # each async storage method in a second coroutine (to rename its errors), two awaits a call
     # that a dict and a deque cannot fail.
 

@@ -72,7 +72,7 @@ class Call:
     admission: object = None       # the limiter's reservations, settled after the answer
     error: str = ""
     extra_headers: dict = field(default_factory=dict)
-    raw_extra: list | None = None  # more response headers, already as raw pairs (x-ratelimit-* on memory://)
+    raw_extra: list | None = None  # more response headers, already as raw pairs (the limiter's x-ratelimit-*)
     ingress: object = None         # an ingress.Exchange for /v1/responses, /v1/messages, /v1/completions
     # Sees each stream event on its way to the client and returns what to send (b"" drops it):
     # how usage is read from streams and how a streamed answer is assembled for the cache.
